@@ -1,0 +1,14 @@
+//! Data at a site: the exam type, the synthetic knee phantom, file formats,
+//! splits and preprocessing.
+
+mod volume;
+pub use volume::{Exam, Volume};
+
+pub mod cohort;
+pub mod mrnet;
+#[cfg(feature = "phantom")]
+pub mod phantom;
+pub mod preprocess;
+#[cfg(feature = "phantom")]
+pub mod preview;
+pub mod split;

@@ -1,0 +1,18 @@
+//! fedslice's core library: everything a site and the aggregator must agree on.
+//!
+//! It owns the models ([`model`]), GMML self-supervision ([`ssl`]), training loops
+//! ([`train`]), site data ([`data`]: the exam type, the synthetic knee phantom,
+//! readers and preprocessing) and evaluation ([`metrics`]).
+//!
+//! It must not do I/O beyond the files a caller names, open network connections,
+//! or log anything derived from patient headers: binaries decide where data comes
+//! from and where results go.
+
+pub mod bench;
+pub mod data;
+pub mod device;
+pub mod experiment;
+pub mod metrics;
+pub mod model;
+pub mod ssl;
+pub mod train;

@@ -1,0 +1,139 @@
+//! SB-SSL's exam classifier: the encoder embeds each slice, the slice pooler
+//! turns an exam's slice embeddings into one, and a linear head gives the
+//! ACL-tear logit.
+
+use burn::module::{Module, Param};
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::{Device, Distribution, Int, Tensor};
+
+use super::config::{ClassifierConfig, SlicePooling};
+use super::vit::{Block, VisionTransformer, layer_norm, vit_linear};
+
+/// Transformer pooling over slices with an exam CLS token.
+#[derive(Module, Debug)]
+pub struct SliceTransformer {
+    /// `[1, D]`
+    pub exam_token: Param<Tensor<2>>,
+    /// `[max_slices, D]`
+    pub slice_pos: Param<Tensor<2>>,
+    pub blocks: Vec<Block>,
+    pub norm: LayerNorm,
+}
+
+impl SliceTransformer {
+    fn new(config: &ClassifierConfig, device: &Device) -> Self {
+        let d = config.encoder.embed_dim;
+        let init = Distribution::Normal(0.0, 0.02);
+        Self {
+            exam_token: Param::from_tensor(Tensor::random([1, d], init, device)),
+            slice_pos: Param::from_tensor(Tensor::random([config.max_slices, d], init, device)),
+            blocks: (0..config.pool_depth)
+                .map(|_| Block::new(d, config.encoder.num_heads, 4, device))
+                .collect(),
+            norm: layer_norm(d, device),
+        }
+    }
+
+    /// `slices`: `[S, D]` → exam embedding `[1, D]`.
+    fn forward(&self, slices: Tensor<2>) -> Tensor<2> {
+        let [count, d] = slices.dims();
+        let table = self.slice_pos.val();
+        let [table_len, _] = table.dims();
+        let index = Tensor::<1, Int>::from_ints(
+            relative_positions(count, table_len).as_slice(),
+            &slices.device(),
+        );
+        let tokens = Tensor::cat(
+            vec![self.exam_token.val(), slices + table.select(0, index)],
+            0,
+        )
+        .reshape([1, count + 1, d]);
+        let mut x = tokens;
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        self.norm.forward(x).narrow(1, 0, 1).reshape([1, d])
+    }
+}
+
+/// Maps slice i of `count` onto the position table by relative location, so
+/// exams with different slice counts share one medial→lateral coordinate.
+fn relative_positions(count: usize, table_len: usize) -> Vec<i64> {
+    if count <= 1 {
+        return vec![(table_len / 2) as i64; count];
+    }
+    (0..count)
+        .map(|i| ((i * (table_len - 1)) as f64 / (count - 1) as f64).round() as i64)
+        .collect()
+}
+
+#[derive(Module, Debug)]
+pub struct ExamClassifier {
+    pub encoder: VisionTransformer,
+    /// `None` means max pooling over slices.
+    pub pooler: Option<SliceTransformer>,
+    pub head: Linear,
+    #[module(skip)]
+    config: ClassifierConfig,
+}
+
+impl ExamClassifier {
+    pub fn new(config: &ClassifierConfig, device: &Device) -> Self {
+        Self::from_encoder(VisionTransformer::new(&config.encoder, device), config)
+    }
+
+    /// Wraps a (pretrained) encoder with fresh pooling and head.
+    pub fn from_encoder(encoder: VisionTransformer, config: &ClassifierConfig) -> Self {
+        let device = encoder.cls_token.val().device();
+        let pooler = match config.pooling {
+            SlicePooling::Transformer => Some(SliceTransformer::new(config, &device)),
+            SlicePooling::Max => None,
+        };
+        Self {
+            head: vit_linear(config.encoder.embed_dim, 1, &device),
+            encoder,
+            pooler,
+            config: config.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &ClassifierConfig {
+        &self.config
+    }
+
+    /// `slices`: every slice of every exam stacked, `[ΣS, 1, H, W]`;
+    /// `counts[e]`: number of slices of exam e, in order. Returns logits `[E]`.
+    pub fn forward(&self, slices: Tensor<4>, counts: &[usize]) -> Tensor<1> {
+        let embeddings = self.encoder.forward_cls(slices);
+        let mut offset = 0;
+        let exams: Vec<Tensor<2>> = counts
+            .iter()
+            .map(|&count| {
+                let exam = embeddings.clone().narrow(0, offset, count);
+                offset += count;
+                match &self.pooler {
+                    Some(pooler) => pooler.forward(exam),
+                    None => exam.max_dim(0),
+                }
+            })
+            .collect();
+        let pooled = Tensor::cat(exams, 0);
+        let logits = self.head.forward(pooled);
+        let [n, _] = logits.dims();
+        logits.reshape([n])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_positions_span_the_table() {
+        assert_eq!(relative_positions(3, 5), vec![0, 2, 4]);
+        assert_eq!(relative_positions(1, 64), vec![32]);
+        let many = relative_positions(100, 64);
+        assert_eq!(many.first(), Some(&0));
+        assert_eq!(many.last(), Some(&63));
+    }
+}

@@ -1,0 +1,118 @@
+//! Architecture settings and the named presets.
+
+use serde::{Deserialize, Serialize};
+
+/// ViT encoder architecture (timm `VisionTransformer` with one input channel).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VitConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub mlp_ratio: usize,
+}
+
+/// Error for an unknown preset name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown model preset `{0}` (expected one of: test, vit-tiny, vit-small)")]
+pub struct UnknownPreset(pub String);
+
+impl VitConfig {
+    /// The presets that tests, benchmarks and sites use (DESIGN.md §4).
+    pub const PRESETS: [&'static str; 3] = ["test", "vit-tiny", "vit-small"];
+
+    pub fn preset(name: &str) -> Result<Self, UnknownPreset> {
+        let (image_size, patch_size, embed_dim, depth, num_heads) = match name {
+            "test" => (64, 8, 64, 2, 2),
+            "vit-tiny" => (224, 16, 192, 12, 3),
+            "vit-small" => (224, 16, 384, 12, 6),
+            other => return Err(UnknownPreset(other.to_string())),
+        };
+        Ok(Self {
+            image_size,
+            patch_size,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio: 4,
+        })
+    }
+
+    /// Patches along one side of the image.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    /// Checks the invariants the model code relies on, so a bad config file fails
+    /// with a message instead of a shape panic deep inside a forward pass.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+            return Err(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+            return Err(format!(
+                "embed_dim {} is not divisible by num_heads {}",
+                self.embed_dim, self.num_heads
+            ));
+        }
+        if self.depth == 0 {
+            return Err("depth must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// How slice embeddings become one exam embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlicePooling {
+    /// SB-SSL: a small transformer over slice embeddings with an exam CLS token.
+    #[default]
+    Transformer,
+    /// MRNet's baseline: element-wise max over slices.
+    Max,
+}
+
+impl std::str::FromStr for SlicePooling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "transformer" => Ok(Self::Transformer),
+            "max" => Ok(Self::Max),
+            other => Err(format!(
+                "unknown pooling `{other}` (expected transformer or max)"
+            )),
+        }
+    }
+}
+
+/// Exam-level classifier: encoder plus slice pooling and a one-logit head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierConfig {
+    pub encoder: VitConfig,
+    pub pooling: SlicePooling,
+    /// Transformer blocks in the slice pooler (ignored for max pooling).
+    pub pool_depth: usize,
+    /// Slice-position table size; exams with other slice counts map their slices
+    /// onto it by relative position (medial→lateral), so any count works.
+    pub max_slices: usize,
+}
+
+impl ClassifierConfig {
+    pub fn new(encoder: VitConfig, pooling: SlicePooling) -> Self {
+        Self {
+            encoder,
+            pooling,
+            pool_depth: 1,
+            max_slices: 64,
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Neural networks: the ViT encoder, the GMML reconstruction head and the
+//! slice-based exam classifier. Every model runs on any burn [`Device`](burn::tensor::Device).
+
+mod attention;
+mod checkpoint;
+mod classifier;
+mod config;
+mod recon_head;
+mod vit;
+
+pub use checkpoint::{
+    CheckpointError, ClassifierMeta, load_classifier, load_safetensors, save_classifier,
+    save_safetensors,
+};
+pub use classifier::ExamClassifier;
+pub use config::{ClassifierConfig, SlicePooling, UnknownPreset, VitConfig};
+pub use recon_head::ReconstructionHead;
+pub use vit::{Block, VisionTransformer};

@@ -1,0 +1,174 @@
+//! GMML pretraining loop.
+
+use std::sync::Arc;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::optimizer::Optimizer;
+use super::progress::Progress;
+use super::schedule::CosineSchedule;
+use super::TrainError;
+use crate::data::preprocess::PreparedExam;
+use crate::ssl::GmmlModel;
+use crate::ssl::augment::AugmentConfig;
+use crate::ssl::mask::MaskConfig;
+use crate::ssl::pipeline::{self, PipelineConfig, PretrainBatch};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Learning rate for a batch of 256; the used rate is `lr_per_256 · batch / 256`.
+    pub lr_per_256: f64,
+    pub min_lr: f64,
+    pub warmup_epochs: f64,
+    pub weight_decay_start: f64,
+    pub weight_decay_end: f64,
+    pub clip_grad_norm: f32,
+    pub mask: MaskConfig,
+    pub augment: AugmentConfig,
+    pub seed: u64,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 64,
+            lr_per_256: 5e-4,
+            min_lr: 1e-6,
+            warmup_epochs: 1.0,
+            weight_decay_start: 0.04,
+            weight_decay_end: 0.4,
+            clip_grad_norm: 3.0,
+            mask: MaskConfig::default(),
+            augment: AugmentConfig::default(),
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PretrainReport {
+    /// Mean masked-L1 loss of each epoch.
+    pub epoch_losses: Vec<f64>,
+    pub steps: usize,
+    pub slices: usize,
+}
+
+impl PretrainReport {
+    pub fn first_loss(&self) -> Option<f64> {
+        self.epoch_losses.first().copied()
+    }
+    pub fn last_loss(&self) -> Option<f64> {
+        self.epoch_losses.last().copied()
+    }
+}
+
+/// Moves one pipeline batch onto `device` as (corrupted, target, mask).
+pub(crate) fn batch_tensors(
+    batch: &PretrainBatch,
+    side: usize,
+    patch: usize,
+    device: &Device,
+) -> (Tensor<4>, Tensor<3>, Tensor<3>) {
+    let n = (side / patch) * (side / patch);
+    let b = batch.size;
+    let corrupted = Tensor::from_data(
+        TensorData::new(batch.corrupted.clone(), [b, 1, side, side]),
+        device,
+    );
+    let target = Tensor::from_data(TensorData::new(batch.target.clone(), [b, n, patch * patch]), device);
+    let mask = Tensor::from_data(TensorData::new(batch.mask.clone(), [b, n, patch * patch]), device);
+    (corrupted, target, mask)
+}
+
+/// Pretrains `model` on every slice of `exams` (labels unused). `device` is the
+/// plain device; autodiff is enabled here.
+pub fn pretrain(
+    model: GmmlModel,
+    exams: Arc<Vec<PreparedExam>>,
+    config: &PretrainConfig,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<(GmmlModel, PretrainReport), TrainError> {
+    let vit = model.encoder.config().clone();
+    let slices: usize = exams.iter().map(|e| e.depth).sum();
+    if slices < 2 {
+        return Err(TrainError::NoData(format!(
+            "{} exams with {slices} slices; pretraining needs at least 2 slices",
+            exams.len()
+        )));
+    }
+    if let Some(bad) = exams.iter().find(|e| e.side != vit.image_size) {
+        return Err(TrainError::NoData(format!(
+            "exam {} was prepared at {} px but the model expects {} px",
+            bad.id, bad.side, vit.image_size
+        )));
+    }
+    let pipeline_config = PipelineConfig {
+        batch_size: config.batch_size.max(2),
+        epochs: config.epochs,
+        seed: config.seed,
+        side: vit.image_size,
+        patch_size: vit.patch_size,
+        augment: config.augment.clone(),
+        mask: config.mask.clone(),
+    };
+    let per_epoch = pipeline_config.batches_per_epoch(slices);
+    let total = per_epoch * config.epochs;
+    let lr = CosineSchedule {
+        start: config.lr_per_256 * pipeline_config.batch_size as f64 / 256.0,
+        end: config.min_lr,
+        warmup_steps: (config.warmup_epochs * per_epoch as f64).round() as usize,
+        total_steps: total,
+    };
+    let wd = CosineSchedule {
+        start: config.weight_decay_start,
+        end: config.weight_decay_end,
+        warmup_steps: 0,
+        total_steps: total,
+    };
+
+    let train_device = device.clone().autodiff();
+    let mut model = model.to_device(&train_device).train();
+    let mut optimizer = Optimizer::adamw(config.clip_grad_norm);
+    let mut report = PretrainReport {
+        epoch_losses: Vec::with_capacity(config.epochs),
+        steps: 0,
+        slices,
+    };
+    let (mut epoch_sum, mut epoch_count, mut current_epoch) = (0.0, 0usize, 0usize);
+    progress.start("pretrain", total);
+    for batch in pipeline::spawn(exams, pipeline_config) {
+        if batch.epoch != current_epoch {
+            let mean = epoch_sum / epoch_count.max(1) as f64;
+            report.epoch_losses.push(mean);
+            progress.epoch(current_epoch, mean);
+            (epoch_sum, epoch_count, current_epoch) = (0.0, 0, batch.epoch);
+        }
+        let (corrupted, target, mask) =
+            batch_tensors(&batch, vit.image_size, vit.patch_size, &train_device);
+        let loss = model.loss(corrupted, target, mask);
+        let value: f64 = loss.clone().into_scalar::<f32>() as f64;
+        if !value.is_finite() {
+            return Err(TrainError::Diverged {
+                step: report.steps,
+                value,
+            });
+        }
+        model = optimizer.step(model, loss, lr.value(report.steps), wd.value(report.steps));
+        report.steps += 1;
+        epoch_sum += value;
+        epoch_count += 1;
+        progress.step(value);
+    }
+    if epoch_count > 0 {
+        let mean = epoch_sum / epoch_count as f64;
+        report.epoch_losses.push(mean);
+        progress.epoch(current_epoch, mean);
+    }
+    progress.finish();
+    Ok((model.valid(), report))
+}

@@ -1,0 +1,142 @@
+//! Model shapes, GMML loss semantics, a learning step and checkpoint round trips
+//! on the tiny `test` preset (CPU, flex).
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use fedslice::data::preprocess::PreprocessConfig;
+use fedslice::model::{
+    ClassifierConfig, ClassifierMeta, ExamClassifier, SlicePooling, VisionTransformer, VitConfig,
+    load_classifier, save_classifier,
+};
+use fedslice::ssl::{GmmlModel, masked_l1};
+use fedslice::train::Optimizer;
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn test_config() -> VitConfig {
+    VitConfig::preset("test").expect("preset exists")
+}
+
+#[test]
+fn presets_match_the_design() {
+    let tiny = VitConfig::preset("vit-tiny").expect("preset");
+    assert_eq!((tiny.image_size, tiny.patch_size, tiny.embed_dim, tiny.depth, tiny.num_heads), (224, 16, 192, 12, 3));
+    let small = VitConfig::preset("vit-small").expect("preset");
+    assert_eq!((small.embed_dim, small.num_heads), (384, 6));
+    assert!(VitConfig::preset("vit-huge").is_err());
+}
+
+#[test]
+fn encoder_and_head_output_shapes() {
+    let cfg = test_config();
+    let d = device();
+    let model = GmmlModel::new(&cfg, &d);
+    let images = Tensor::<4>::random([3, 1, 64, 64], Distribution::Normal(0.0, 1.0), &d);
+    assert_eq!(model.encoder.forward_tokens(images.clone()).dims(), [3, 65, 64]);
+    assert_eq!(model.encoder.forward_cls(images.clone()).dims(), [3, 64]);
+    assert_eq!(model.reconstruct(images).dims(), [3, 64, 64]);
+}
+
+#[test]
+fn position_embedding_interpolates_for_other_sizes() {
+    let cfg = test_config();
+    let d = device();
+    let encoder = VisionTransformer::new(&cfg, &d);
+    let images = Tensor::<4>::random([2, 1, 96, 96], Distribution::Normal(0.0, 1.0), &d);
+    assert_eq!(encoder.forward_tokens(images).dims(), [2, 1 + 12 * 12, 64]);
+}
+
+#[test]
+fn classifier_gives_one_logit_per_exam_for_both_poolings() {
+    let d = device();
+    for pooling in [SlicePooling::Transformer, SlicePooling::Max] {
+        let model = ExamClassifier::new(&ClassifierConfig::new(test_config(), pooling), &d);
+        let slices = Tensor::<4>::random([3 + 5 + 1, 1, 64, 64], Distribution::Normal(0.0, 1.0), &d);
+        let logits = model.forward(slices, &[3, 5, 1]);
+        assert_eq!(logits.dims(), [3]);
+        let values = logits.into_data().to_vec::<f32>().expect("f32");
+        assert!(values.iter().all(|v| v.is_finite()));
+    }
+}
+
+fn fixed_batch(d: &Device, b: usize) -> (Tensor<4>, Tensor<3>, Tensor<3>) {
+    let images = Tensor::<4>::random([b, 1, 64, 64], Distribution::Normal(0.0, 1.0), d);
+    let target = Tensor::<3>::random([b, 64, 64], Distribution::Normal(0.0, 1.0), d);
+    let mask = Tensor::<3>::random([b, 64, 64], Distribution::Uniform(0.0, 1.0), d)
+        .greater_elem(0.5)
+        .float();
+    (images, target, mask)
+}
+
+#[test]
+fn loss_ignores_unmasked_pixels() {
+    let d = device();
+    let model = GmmlModel::new(&test_config(), &d);
+    let (images, target, mask) = fixed_batch(&d, 2);
+    let base = model.loss(images.clone(), target.clone(), mask.clone()).into_scalar::<f32>();
+    // Change every unmasked target pixel: the loss must not move.
+    let unmasked = mask.clone().neg() + 1.0;
+    let changed = target.clone() + unmasked * 100.0;
+    let same = model.loss(images.clone(), changed, mask.clone()).into_scalar::<f32>();
+    assert_eq!(base, same);
+    // Changing masked pixels must move it.
+    let moved = model.loss(images, target + mask.clone() * 100.0, mask).into_scalar::<f32>();
+    assert!(moved > base + 10.0, "{moved} vs {base}");
+}
+
+#[test]
+fn masked_l1_matches_a_hand_computed_value() {
+    let d = device();
+    let pred = Tensor::<3>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [1, 2, 2]), &d);
+    let target = Tensor::<3>::from_data(TensorData::new(vec![0.0f32, 0.0, 0.0, 0.0], [1, 2, 2]), &d);
+    let mask = Tensor::<3>::from_data(TensorData::new(vec![1.0f32, 0.0, 1.0, 0.0], [1, 2, 2]), &d);
+    let loss = masked_l1(pred, target, mask).into_scalar::<f32>();
+    assert!((loss - 2.0).abs() < 1e-6, "(1 + 3) / 2 = 2, got {loss}");
+}
+
+#[test]
+fn one_pretraining_step_lowers_the_loss_on_a_fixed_batch() {
+    let d = device();
+    let train = d.clone().autodiff();
+    let mut model = GmmlModel::new(&test_config(), &train).train();
+    let (images, target, mask) = fixed_batch(&train, 8);
+    let mut optimizer = Optimizer::adamw(3.0);
+    let before = model.loss(images.clone(), target.clone(), mask.clone());
+    let before_value = before.clone().into_scalar::<f32>();
+    model = optimizer.step(model, before, 1e-3, 0.04);
+    let after = model.loss(images, target, mask).into_scalar::<f32>();
+    assert!(after < before_value, "loss went from {before_value} to {after}");
+}
+
+#[test]
+fn saved_and_loaded_classifier_gives_identical_outputs() {
+    let d = device();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = ClassifierConfig::new(test_config(), SlicePooling::Transformer);
+    let model = ExamClassifier::new(&config, &d);
+    let meta = ClassifierMeta::new(config, PreprocessConfig::new(64), 0.42);
+    save_classifier(dir.path(), &model, &meta).expect("save");
+    let (loaded, loaded_meta) = load_classifier(dir.path(), &d).expect("load");
+    assert_eq!(loaded_meta, meta);
+    let slices = Tensor::<4>::random([7, 1, 64, 64], Distribution::Normal(0.0, 1.0), &d);
+    let a = model.forward(slices.clone(), &[3, 4]).into_data().to_vec::<f32>().expect("f32");
+    let b = loaded.forward(slices, &[3, 4]).into_data().to_vec::<f32>().expect("f32");
+    assert_eq!(a, b);
+}
+
+#[test]
+fn loading_weights_of_another_architecture_fails_clearly() {
+    let d = device();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = ClassifierConfig::new(test_config(), SlicePooling::Max);
+    let model = ExamClassifier::new(&config, &d);
+    save_classifier(dir.path(), &model, &ClassifierMeta::new(config, PreprocessConfig::new(64), 0.5)).expect("save");
+    // Claim a transformer pooler in config.json: the weights lack its tensors.
+    let path = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, text.replace("\"max\"", "\"transformer\"")).expect("write");
+    let err = load_classifier(dir.path(), &d).err().expect("must fail");
+    assert!(err.to_string().contains("do not fit"), "{err}");
+}

@@ -1,0 +1,127 @@
+//! Every flag of the `fedslice` CLI, with its help text, in one place.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "fedslice", version, about = "Federated slice-based self-supervised learning for knee MRI: synthetic cohorts, centralised baseline, benchmarks")]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate a synthetic multi-site knee MRI cohort (MRNet layout + labels).
+    Phantom(PhantomArgs),
+    /// Centralised baseline: GMML-pretrain, fine-tune the exam classifier, evaluate on held-out exams.
+    Train(TrainArgs),
+    /// Measure training-step time and mask-generation throughput.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CohortArgs {
+    /// Number of sites (hospitals, each with its own scanner profile).
+    #[arg(long, default_value_t = 3)]
+    pub sites: usize,
+    /// Exams generated per site.
+    #[arg(long, default_value_t = 60)]
+    pub exams_per_site: usize,
+    /// Seed; the same seed gives byte-identical cohorts.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Side of the generated slices in pixels (MRNet uses 256).
+    #[arg(long, default_value_t = 256)]
+    pub image_size: usize,
+    /// Fraction of each site's exams written to valid/ (held out).
+    #[arg(long, default_value_t = 0.2)]
+    pub valid_fraction: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct PhantomArgs {
+    /// Output folder (one sub-folder per site).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub cohort: CohortArgs,
+    /// Also write preview.png: central slices of a torn (top row) and an intact (bottom row) exam.
+    #[arg(long)]
+    pub preview: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Data folder: one MRNet-layout site or a folder of sites. Omitted: a phantom
+    /// cohort is generated into RUN_DIR/data with the cohort options below.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub cohort: CohortArgs,
+    /// Model preset: test, vit-tiny or vit-small.
+    #[arg(long, default_value = "test")]
+    pub preset: String,
+    /// Slice pooling: transformer (SB-SSL) or max (MRNet baseline).
+    #[arg(long, default_value = "transformer")]
+    pub pooling: String,
+    /// Fraction of training exams whose labels are used for fine-tuning.
+    #[arg(long, default_value_t = 1.0)]
+    pub labelled_fraction: f64,
+    /// GMML pretraining epochs over all training slices.
+    #[arg(long, default_value_t = 8)]
+    pub pretrain_epochs: usize,
+    /// Fine-tuning epochs over the labelled exams.
+    #[arg(long, default_value_t = 15)]
+    pub finetune_epochs: usize,
+    /// Skip pretraining: train the classifier from a random initialisation.
+    #[arg(long)]
+    pub no_pretrain: bool,
+    /// Pretraining batch size (slices).
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Pretraining learning rate per 256 slices (scaled by batch/256).
+    #[arg(long, default_value_t = 5e-4)]
+    pub pretrain_lr: f64,
+    /// Fine-tuning peak learning rate.
+    #[arg(long, default_value_t = 2e-4)]
+    pub finetune_lr: f64,
+    /// Seed for splits, initialisation order and augmentation.
+    #[arg(long = "train-seed", default_value_t = 0)]
+    pub train_seed: u64,
+    /// Run folder for the checkpoint, config and report (default: runs/<time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Report JSON path (default: RUN_DIR/report.json).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Compute device: flex (CPU) or wgpu (GPU; needs a build with --features wgpu).
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Presets to time (comma-separated).
+    #[arg(long, default_value = "test,vit-tiny", value_delimiter = ',')]
+    pub presets: Vec<String>,
+    /// Images per training step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Timed steps per preset (after warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed warm-up steps per preset.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Devices to time (comma-separated): flex, wgpu.
+    #[arg(long, default_value = "flex", value_delimiter = ',')]
+    pub device: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,15 @@
+//! One file per subcommand.
+
+mod bench;
+mod phantom;
+mod train;
+
+use crate::cli::Command;
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Phantom(args) => phantom::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
