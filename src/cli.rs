@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "fedslice", version, about = "Federated slice-based self-supervised learning for knee MRI: synthetic cohorts, centralised baseline, benchmarks")]
+#[command(
+    name = "fedslice",
+    version,
+    about = "Federated slice-based self-supervised learning for knee MRI: synthetic cohorts, centralised baseline, benchmarks"
+)]
 pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -52,7 +52,11 @@ impl Progress for Bars {
 
     fn epoch(&mut self, epoch: usize, mean_loss: f64) {
         match &self.bar {
-            Some(bar) => bar.println(format!("{} epoch {:>3}: mean loss {mean_loss:.4}", self.phase, epoch + 1)),
+            Some(bar) => bar.println(format!(
+                "{} epoch {:>3}: mean loss {mean_loss:.4}",
+                self.phase,
+                epoch + 1
+            )),
             None => tracing::info!(phase = %self.phase, epoch = epoch + 1, mean_loss, "epoch done"),
         }
     }

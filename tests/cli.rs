@@ -13,7 +13,17 @@ fn phantom_then_train_writes_report_and_model() {
     let status = fedslice()
         .args(["phantom", "--out"])
         .arg(&data)
-        .args(["--sites", "2", "--exams-per-site", "12", "--seed", "3", "--image-size", "64", "--preview"])
+        .args([
+            "--sites",
+            "2",
+            "--exams-per-site",
+            "12",
+            "--seed",
+            "3",
+            "--image-size",
+            "64",
+            "--preview",
+        ])
         .status()
         .expect("run phantom");
     assert!(status.success());
@@ -25,16 +35,40 @@ fn phantom_then_train_writes_report_and_model() {
     let output = fedslice()
         .args(["train", "--data"])
         .arg(&data)
-        .args(["--preset", "test", "--pretrain-epochs", "1", "--finetune-epochs", "1", "--batch-size", "16", "--out"])
+        .args([
+            "--preset",
+            "test",
+            "--pretrain-epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--out",
+        ])
         .arg(&run)
         .arg("--report")
         .arg(&report)
         .output()
         .expect("run train");
-    assert!(output.status.success(), "train failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "train failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).expect("report written")).expect("valid JSON");
-    for key in ["auc", "auc_ci", "accuracy", "sensitivity", "specificity", "threshold", "pretrain_loss_first", "pretrain_loss_last"] {
+        serde_json::from_slice(&std::fs::read(&report).expect("report written"))
+            .expect("valid JSON");
+    for key in [
+        "auc",
+        "auc_ci",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "threshold",
+        "pretrain_loss_first",
+        "pretrain_loss_last",
+    ] {
         assert!(!json[key].is_null(), "report lacks {key}: {json}");
     }
     let auc = json["auc"].as_f64().expect("auc is a number");
@@ -53,7 +87,10 @@ fn bad_arguments_fail_with_a_clear_message() {
         .expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("unknown model preset `vit-huge`"), "{stderr}");
+    assert!(
+        stderr.contains("unknown model preset `vit-huge`"),
+        "{stderr}"
+    );
 
     let output = fedslice()
         .args(["train", "--data"])
@@ -66,7 +103,10 @@ fn bad_arguments_fail_with_a_clear_message() {
 
     #[cfg(not(feature = "wgpu"))]
     {
-        let output = fedslice().args(["train", "--device", "wgpu"]).output().expect("run");
+        let output = fedslice()
+            .args(["train", "--device", "wgpu"])
+            .output()
+            .expect("run");
         assert!(String::from_utf8_lossy(&output.stderr).contains("built without GPU support"));
     }
 }

@@ -8,12 +8,21 @@
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "aggregator", version, about = "fedslice aggregator (hosted federation service; federation lands with issue 4)")]
+#[command(
+    name = "aggregator",
+    version,
+    about = "fedslice aggregator (hosted federation service; federation lands with issue 4)"
+)]
 struct Cli {}
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let _ = Cli::parse();
-    println!("aggregator {}: no subcommands yet (federation is issue 4)", env!("CARGO_PKG_VERSION"));
+    println!(
+        "aggregator {}: no subcommands yet (federation is issue 4)",
+        env!("CARGO_PKG_VERSION")
+    );
     Ok(())
 }

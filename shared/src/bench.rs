@@ -46,11 +46,23 @@ pub fn gmml_step(
     let side = config.image_size;
     let n = config.num_patches();
     let pp = config.patch_size * config.patch_size;
-    let images = Tensor::<4>::random([batch, 1, side, side], Distribution::Normal(0.0, 1.0), &train_device);
-    let target = Tensor::<3>::random([batch, n, pp], Distribution::Normal(0.0, 1.0), &train_device);
-    let mask = Tensor::<3>::random([batch, n, pp], Distribution::Uniform(0.0, 1.0), &train_device)
-        .greater_elem(0.4)
-        .float();
+    let images = Tensor::<4>::random(
+        [batch, 1, side, side],
+        Distribution::Normal(0.0, 1.0),
+        &train_device,
+    );
+    let target = Tensor::<3>::random(
+        [batch, n, pp],
+        Distribution::Normal(0.0, 1.0),
+        &train_device,
+    );
+    let mask = Tensor::<3>::random(
+        [batch, n, pp],
+        Distribution::Uniform(0.0, 1.0),
+        &train_device,
+    )
+    .greater_elem(0.4)
+    .float();
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let started = Instant::now();
@@ -91,7 +103,9 @@ pub fn mask_throughput(side: usize, patch: usize, masks: usize) -> MaskThroughpu
     let mut covered = 0usize;
     for i in 0..masks {
         let target = 0.5 + 0.25 * (i % 100) as f64 / 100.0;
-        covered += generate_mask(&mut rng, side, patch, target, &config).blocks.len();
+        covered += generate_mask(&mut rng, side, patch, target, &config)
+            .blocks
+            .len();
     }
     std::hint::black_box(covered);
     MaskThroughput {

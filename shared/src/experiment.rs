@@ -103,13 +103,13 @@ pub fn run(
     let pretrain_seconds = started.elapsed().as_secs_f64();
 
     // Labels beyond the labelled fraction are hidden, as if those exams had none.
-    let labelled: Vec<PreparedExam> = pretrain_set.iter().filter(|e| e.label.is_some()).cloned().collect();
-    let (_, labelled) = stratified_split(
-        labelled,
-        |e| e.label,
-        config.labelled_fraction,
-        config.seed,
-    );
+    let labelled: Vec<PreparedExam> = pretrain_set
+        .iter()
+        .filter(|e| e.label.is_some())
+        .cloned()
+        .collect();
+    let (_, labelled) =
+        stratified_split(labelled, |e| e.label, config.labelled_fraction, config.seed);
     let (fit, validation) = stratified_split(
         labelled,
         |e| e.label,
@@ -171,8 +171,16 @@ pub fn run(
         pretrain_epoch_losses: pretrain_losses,
         finetune_epoch_losses: finetune_report.epoch_losses,
         validation_auc,
-        pretrain_exams: if config.pretrain.is_some() { pretrain_set.len() } else { 0 },
-        pretrain_slices: if config.pretrain.is_some() { pretrain_slices } else { 0 },
+        pretrain_exams: if config.pretrain.is_some() {
+            pretrain_set.len()
+        } else {
+            0
+        },
+        pretrain_slices: if config.pretrain.is_some() {
+            pretrain_slices
+        } else {
+            0
+        },
         labelled_train_exams: fit.len(),
         validation_exams: validation.len(),
         test_exams: test.len(),

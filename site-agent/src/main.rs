@@ -9,7 +9,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "site-agent", version, about = "fedslice site agent (runs inside the hospital)")]
+#[command(
+    name = "site-agent",
+    version,
+    about = "fedslice site agent (runs inside the hospital)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,12 +30,24 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Command::Info { device } => {
             println!("site-agent {}", env!("CARGO_PKG_VERSION"));
-            println!("backends built: flex{}", if fedslice::device::WGPU_BUILT { ", wgpu" } else { "" });
-            println!("model presets:  {}", fedslice::model::VitConfig::PRESETS.join(", "));
+            println!(
+                "backends built: flex{}",
+                if fedslice::device::WGPU_BUILT {
+                    ", wgpu"
+                } else {
+                    ""
+                }
+            );
+            println!(
+                "model presets:  {}",
+                fedslice::model::VitConfig::PRESETS.join(", ")
+            );
             let kind: fedslice::device::BackendKind = device.parse()?;
             fedslice::device::open(kind)?;
             println!("device {kind}: ok");

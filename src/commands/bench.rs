@@ -10,19 +10,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let device = device::open(backend)?;
         for preset in &args.presets {
             tracing::info!(%preset, %backend, "timing GMML training step");
-            rows.push(bench::gmml_step(preset, backend, &device, args.batch, args.warmup, args.steps)?);
+            rows.push(bench::gmml_step(
+                preset,
+                backend,
+                &device,
+                args.batch,
+                args.warmup,
+                args.steps,
+            )?);
         }
     }
-    let masks = [bench::mask_throughput(64, 8, 2000), bench::mask_throughput(224, 16, 500)];
+    let masks = [
+        bench::mask_throughput(64, 8, 2000),
+        bench::mask_throughput(224, 16, 500),
+    ];
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-            "train_step": rows,
-            "mask_generation": masks,
-            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "train_step": rows,
+                "mask_generation": masks,
+                "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            }))?
+        );
         return Ok(());
     }
-    println!("{:<10} {:<6} {:>6} {:>12} {:>12} {:>12}", "preset", "device", "batch", "step ms", "min ms", "images/s");
+    println!(
+        "{:<10} {:<6} {:>6} {:>12} {:>12} {:>12}",
+        "preset", "device", "batch", "step ms", "min ms", "images/s"
+    );
     for r in &rows {
         println!(
             "{:<10} {:<6} {:>6} {:>12.1} {:>12.1} {:>12.1}",

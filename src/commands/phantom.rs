@@ -20,7 +20,10 @@ pub fn config(args: &CohortArgs) -> PhantomConfig {
 /// Writes the cohort and logs a one-line summary per site.
 pub fn write(out: &Path, args: &CohortArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.sites > 0, "--sites must be at least 1");
-    anyhow::ensure!(args.exams_per_site >= 2, "--exams-per-site must be at least 2");
+    anyhow::ensure!(
+        args.exams_per_site >= 2,
+        "--exams-per-site must be at least 2"
+    );
     anyhow::ensure!(args.image_size >= 32, "--image-size must be at least 32");
     let started = std::time::Instant::now();
     let summary = phantom::write_cohort(out, &config(args))
@@ -45,7 +48,10 @@ pub fn run(args: PhantomArgs) -> anyhow::Result<()> {
         let path = args.out.join("preview.png");
         preview::write_montage(&path, &torn.exam.volume, &intact.exam.volume, 6)
             .with_context(|| format!("writing {}", path.display()))?;
-        println!("preview: {} (top: torn ACL, bottom: same knee intact)", path.display());
+        println!(
+            "preview: {} (top: torn ACL, bottom: same knee intact)",
+            path.display()
+        );
     }
     println!("cohort: {}", args.out.display());
     Ok(())

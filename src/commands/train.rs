@@ -59,8 +59,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     }
     let test: Vec<PreparedExam> = test.into_iter().filter(|e| e.label.is_some()).collect();
-    anyhow::ensure!(!train.is_empty(), "no usable training exams in {}", data_dir.display());
-    anyhow::ensure!(!test.is_empty(), "no labelled held-out (valid/) exams in {}", data_dir.display());
+    anyhow::ensure!(
+        !train.is_empty(),
+        "no usable training exams in {}",
+        data_dir.display()
+    );
+    anyhow::ensure!(
+        !test.is_empty(),
+        "no labelled held-out (valid/) exams in {}",
+        data_dir.display()
+    );
     tracing::info!(
         sites = sites.len(),
         train = train.len(),
@@ -88,8 +96,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         bootstrap_resamples: 1000,
         seed: args.train_seed,
     };
-    let (classifier, report) =
-        experiment::run(train, test, &config, &device, &mut Bars::new())?;
+    let (classifier, report) = experiment::run(train, test, &config, &device, &mut Bars::new())?;
 
     let model_dir = run_dir.join("model");
     save_classifier(
@@ -97,7 +104,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         &classifier,
         &ClassifierMeta::new(config.model.clone(), preprocess, report.threshold),
     )?;
-    let report_path = args.report.clone().unwrap_or_else(|| run_dir.join("report.json"));
+    let report_path = args
+        .report
+        .clone()
+        .unwrap_or_else(|| run_dir.join("report.json"));
     let json = serde_json::json!({
         "report": &report,
         "auc": report.auc,
@@ -132,14 +142,30 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 fn print_table(r: &ExperimentReport) {
     let loss = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     println!();
-    println!("  held-out exams       {:>8}  ({} torn)", r.test_exams, r.test_positives);
-    println!("  AUC                  {:>8.3}  (95% CI {:.3}–{:.3})", r.auc, r.auc_ci[0], r.auc_ci[1]);
+    println!(
+        "  held-out exams       {:>8}  ({} torn)",
+        r.test_exams, r.test_positives
+    );
+    println!(
+        "  AUC                  {:>8.3}  (95% CI {:.3}–{:.3})",
+        r.auc, r.auc_ci[0], r.auc_ci[1]
+    );
     println!("  accuracy             {:>8.3}", r.accuracy);
     println!("  sensitivity          {:>8.3}", r.sensitivity);
     println!("  specificity          {:>8.3}", r.specificity);
     println!("  threshold            {:>8.3}", r.threshold);
-    println!("  pretrain loss        {:>8} → {}", loss(r.pretrain_loss_first), loss(r.pretrain_loss_last));
-    println!("  labelled / val exams {:>8} / {}", r.labelled_train_exams, r.validation_exams);
-    println!("  time (s)             {:>8.1} pretrain, {:.1} fine-tune", r.pretrain_seconds, r.finetune_seconds);
+    println!(
+        "  pretrain loss        {:>8} → {}",
+        loss(r.pretrain_loss_first),
+        loss(r.pretrain_loss_last)
+    );
+    println!(
+        "  labelled / val exams {:>8} / {}",
+        r.labelled_train_exams, r.validation_exams
+    );
+    println!(
+        "  time (s)             {:>8.1} pretrain, {:.1} fine-tune",
+        r.pretrain_seconds, r.finetune_seconds
+    );
     println!();
 }

@@ -5,7 +5,11 @@ mod volume;
 pub use volume::{Exam, Volume};
 
 pub mod cohort;
+#[cfg(feature = "readers")]
+pub mod dicom;
 pub mod mrnet;
+#[cfg(feature = "readers")]
+pub mod nifti;
 #[cfg(feature = "phantom")]
 pub mod phantom;
 pub mod preprocess;

@@ -233,7 +233,12 @@ mod tests {
         assert_eq!(p.pixels.len(), 3 * 64);
         let n = p.pixels.len() as f64;
         let mean = p.pixels.iter().map(|&x| x as f64).sum::<f64>() / n;
-        let var = p.pixels.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        let var = p
+            .pixels
+            .iter()
+            .map(|&x| (x as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
         assert!(mean.abs() < 1e-4 && (var - 1.0).abs() < 1e-3);
         assert!(p.pixels.iter().all(|x| x.abs() < 10.0));
     }

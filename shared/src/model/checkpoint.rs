@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::store::{ModuleSnapshot, SafetensorsStore, SafetensorsStoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -29,12 +29,20 @@ pub fn save_safetensors<M: Module>(model: &M, path: &Path) -> Result<(), Checkpo
 /// mis-shaped tensor is an error, never a silently half-loaded model.
 pub fn load_safetensors<M: Module>(mut model: M, path: &Path) -> Result<M, CheckpointError> {
     let mut store = SafetensorsStore::from_file(path).allow_partial(false);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| CheckpointError::Load {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let result = model.load_from(&mut store).map_err(|e| {
+        let path = path.display().to_string();
+        match e {
+            SafetensorsStoreError::TensorNotFound(_)
+            | SafetensorsStoreError::ValidationFailed(_) => CheckpointError::Mismatch {
+                path,
+                reason: e.to_string(),
+            },
+            _ => CheckpointError::Load {
+                path,
+                reason: e.to_string(),
+            },
+        }
+    })?;
     if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
         return Err(CheckpointError::Mismatch {
             path: path.display().to_string(),
@@ -104,7 +112,8 @@ pub fn load_classifier(
         reason,
     };
     let bytes = std::fs::read(&config_path).map_err(|e| load_err(e.to_string()))?;
-    let meta: ClassifierMeta = serde_json::from_slice(&bytes).map_err(|e| load_err(e.to_string()))?;
+    let meta: ClassifierMeta =
+        serde_json::from_slice(&bytes).map_err(|e| load_err(e.to_string()))?;
     if meta.format_version != ClassifierMeta::FORMAT_VERSION {
         return Err(load_err(format!(
             "format version {} is not supported (expected {})",

@@ -49,7 +49,12 @@ fn random_crop<R: Rng>(rng: &mut R, side: usize, config: &AugmentConfig) -> Crop
 }
 
 /// Augments one normalised `side × side` slice.
-pub fn augment<R: Rng>(rng: &mut R, image: &[f32], side: usize, config: &AugmentConfig) -> Vec<f32> {
+pub fn augment<R: Rng>(
+    rng: &mut R,
+    image: &[f32],
+    side: usize,
+    config: &AugmentConfig,
+) -> Vec<f32> {
     let crop = random_crop(rng, side, config);
     let mut out = resample(image, side, side, crop, side);
     if rng.random_bool(config.flip_probability.clamp(0.0, 1.0)) {
@@ -80,7 +85,12 @@ mod tests {
         let config = AugmentConfig::default();
         for _ in 0..1000 {
             let c = random_crop(&mut rng, 64, &config);
-            assert!(c.y0 >= 0.0 && c.x0 >= 0.0 && c.y0 + c.h <= 64.0 + 1e-9 && c.x0 + c.w <= 64.0 + 1e-9);
+            assert!(
+                c.y0 >= 0.0
+                    && c.x0 >= 0.0
+                    && c.y0 + c.h <= 64.0 + 1e-9
+                    && c.x0 + c.w <= 64.0 + 1e-9
+            );
             let scale = c.h * c.w / 4096.0;
             assert!((0.25 - 1e-9..=1.0 + 1e-9).contains(&scale), "scale {scale}");
         }

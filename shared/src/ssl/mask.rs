@@ -141,7 +141,8 @@ pub fn corrupt_batch<R: Rng>(
     let n = images.len();
     (0..n)
         .map(|i| {
-            let use_other = n > 1 && rng.random_bool(config.other_image_probability.clamp(0.0, 1.0));
+            let use_other =
+                n > 1 && rng.random_bool(config.other_image_probability.clamp(0.0, 1.0));
             let target = if use_other {
                 config.other_image_fraction
             } else {
@@ -196,8 +197,14 @@ mod tests {
                 let last = mask.blocks.last().expect("at least one block");
                 let one_block = (last.h * last.w) as f64 / (64.0 * 64.0);
                 let c = mask.coverage();
-                assert!(c >= 0.5 && c >= target - 1e-9, "coverage {c} below target {target}");
-                assert!(c <= 0.75 + one_block + 1e-9, "coverage {c} above 0.75 + one block");
+                assert!(
+                    c >= 0.5 && c >= target - 1e-9,
+                    "coverage {c} below target {target}"
+                );
+                assert!(
+                    c <= 0.75 + one_block + 1e-9,
+                    "coverage {c} above 0.75 + one block"
+                );
             }
         }
     }
@@ -217,8 +224,14 @@ mod tests {
                 for b in &mask.blocks {
                     let unit = if align { patch } else { 1 };
                     assert!(b.h >= unit && b.w >= unit, "{b:?} smaller than {unit}");
-                    assert!((b.h as f64) < bound && (b.w as f64) < bound, "{b:?} ≥ 0.3·side");
-                    assert!(b.y0 + b.h <= side && b.x0 + b.w <= side, "{b:?} leaves the image");
+                    assert!(
+                        (b.h as f64) < bound && (b.w as f64) < bound,
+                        "{b:?} ≥ 0.3·side"
+                    );
+                    assert!(
+                        b.y0 + b.h <= side && b.x0 + b.w <= side,
+                        "{b:?} leaves the image"
+                    );
                     if align {
                         assert_eq!(b.y0 % patch + b.x0 % patch + b.h % patch + b.w % patch, 0);
                     }

@@ -122,8 +122,15 @@ pub fn spawn(exams: Arc<Vec<PreparedExam>>, config: PipelineConfig) -> BatchStre
                     };
                     for (image, c) in clean.iter().zip(&corrupted) {
                         batch.corrupted.extend_from_slice(&c.image);
-                        batch.target.extend(patchify(image, side, config.patch_size));
-                        let mask: Vec<f32> = c.mask.pixels.iter().map(|&m| f32::from(u8::from(m))).collect();
+                        batch
+                            .target
+                            .extend(patchify(image, side, config.patch_size));
+                        let mask: Vec<f32> = c
+                            .mask
+                            .pixels
+                            .iter()
+                            .map(|&m| f32::from(u8::from(m)))
+                            .collect();
                         batch.mask.extend(patchify(&mask, side, config.patch_size));
                     }
                     if sender.send(batch).is_err() {

@@ -96,7 +96,9 @@ pub fn finetune(
         .filter_map(|e| e.label.map(|l| (e, l)))
         .collect();
     if labelled.is_empty() {
-        return Err(TrainError::NoData("no labelled exams to fine-tune on".into()));
+        return Err(TrainError::NoData(
+            "no labelled exams to fine-tune on".into(),
+        ));
     }
     let positives = labelled.iter().filter(|(_, l)| *l).count();
     let negatives = labelled.len() - positives;
@@ -175,7 +177,7 @@ pub fn predict(model: &ExamClassifier, exams: &[PreparedExam], device: &Device) 
         let batch: Vec<&PreparedExam> = chunk.iter().collect();
         let (slices, counts) = exam_batch(&batch, &vec![false; chunk.len()], device);
         let probs = sigmoid(model.forward(slices, &counts)).into_data();
-        match probs.to_vec::<f32>() {
+        match probs.try_to_vec::<f32>() {
             Ok(values) => out.extend(values.into_iter().map(f64::from)),
             // The tensor is created as f32 above, so a conversion failure is a burn bug.
             Err(e) => panic!("classifier output is not f32: {e:?}"),

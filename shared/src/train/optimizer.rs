@@ -6,8 +6,8 @@
 //! decay `w ← w·(1 − lr·wd)` is applied right after it by a module mapper.
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
 pub struct Optimizer {
@@ -47,6 +47,8 @@ impl ModuleMapper for DecayWeights {
             return param;
         }
         let factor = self.factor;
-        param.map(|t| t.detach().mul_scalar(factor).require_grad())
+        // Scale the plain tensor and re-wrap it as a fresh leaf, as burn's own
+        // optimiser does; scaling the tracked tensor would make it a graph node.
+        param.map(|t| Tensor::from_inner(t.inner().mul_scalar(factor)).require_grad())
     }
 }

@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::TrainError;
 use super::optimizer::Optimizer;
 use super::progress::Progress;
 use super::schedule::CosineSchedule;
-use super::TrainError;
 use crate::data::preprocess::PreparedExam;
 use crate::ssl::GmmlModel;
 use crate::ssl::augment::AugmentConfig;
@@ -79,8 +80,14 @@ pub(crate) fn batch_tensors(
         TensorData::new(batch.corrupted.clone(), [b, 1, side, side]),
         device,
     );
-    let target = Tensor::from_data(TensorData::new(batch.target.clone(), [b, n, patch * patch]), device);
-    let mask = Tensor::from_data(TensorData::new(batch.mask.clone(), [b, n, patch * patch]), device);
+    let target = Tensor::from_data(
+        TensorData::new(batch.target.clone(), [b, n, patch * patch]),
+        device,
+    );
+    let mask = Tensor::from_data(
+        TensorData::new(batch.mask.clone(), [b, n, patch * patch]),
+        device,
+    );
     (corrupted, target, mask)
 }
 
