@@ -92,8 +92,14 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 5e-4)]
     pub pretrain_lr: f64,
     /// Fine-tuning peak learning rate.
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 1e-3)]
     pub finetune_lr: f64,
+    /// Exams per fine-tuning step (all their slices form one encoder batch).
+    #[arg(long, default_value_t = 1)]
+    pub exams_per_step: usize,
+    /// Central fraction of each slice kept before resizing to the model's input (1 = whole slice).
+    #[arg(long, default_value_t = 0.5)]
+    pub crop_fraction: f64,
     /// Seed for splits, initialisation order and augmentation.
     #[arg(long = "train-seed", default_value_t = 0)]
     pub train_seed: u64,

@@ -173,6 +173,64 @@ fn loading_weights_of_another_architecture_fails_clearly() {
     let path = dir.path().join("config.json");
     let text = std::fs::read_to_string(&path).expect("read");
     std::fs::write(&path, text.replace("\"max\"", "\"transformer\"")).expect("write");
-    let err = load_classifier(dir.path(), &d).err().expect("must fail");
+    let err = load_classifier(dir.path(), &d).expect_err("must fail");
     assert!(err.to_string().contains("do not fit"), "{err}");
+}
+
+#[test]
+fn classifier_fits_a_small_labelled_batch() {
+    use fedslice::data::preprocess::PreparedExam;
+    use fedslice::train::{FinetuneConfig, NoProgress, finetune, predict};
+    let d = device();
+    // Eight random "exams"; the positives carry a bright square in one slice,
+    // which the classifier must learn to find.
+    let exams: Vec<PreparedExam> = (0..8)
+        .map(|i| {
+            let depth = 3 + i % 3;
+            let mut pixels: Vec<f32> = (0..depth * 64 * 64)
+                .map(|j| (((j * 2654435761usize + i * 97) % 1000) as f32 / 1000.0) - 0.5)
+                .collect();
+            let torn = i % 2 == 0;
+            if torn {
+                for y in 20..36 {
+                    for x in 20..36 {
+                        pixels[64 * 64 + y * 64 + x] = 3.0;
+                    }
+                }
+            }
+            PreparedExam {
+                id: format!("e{i}"),
+                depth,
+                side: 64,
+                pixels,
+                label: Some(torn),
+            }
+        })
+        .collect();
+    for pooling in [SlicePooling::Transformer, SlicePooling::Max] {
+        let model = ExamClassifier::new(&ClassifierConfig::new(test_config(), pooling), &d);
+        let config = FinetuneConfig {
+            epochs: 30,
+            lr: 3e-3,
+            warmup_epochs: 0.0,
+            ..FinetuneConfig::default()
+        };
+        let (model, report) =
+            finetune(model, &exams, &config, &d, &mut NoProgress).expect("fine-tunes");
+        let first = report.epoch_losses[0];
+        let last = *report.epoch_losses.last().expect("epochs");
+        assert!(
+            last < 0.5 * first,
+            "{pooling:?}: fine-tuning loss {first} → {last}"
+        );
+        let p = predict(&model, &exams, &d);
+        for (e, p) in exams.iter().zip(&p) {
+            assert_eq!(
+                e.label,
+                Some(*p >= 0.5),
+                "{pooling:?}: exam {} scored {p}",
+                e.id
+            );
+        }
+    }
 }

@@ -44,7 +44,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let sites = cohort::load_sites(&data_dir)
         .with_context(|| format!("loading exams from {}", data_dir.display()))?;
-    let preprocess = PreprocessConfig::new(vit.image_size);
+    anyhow::ensure!(
+        args.crop_fraction > 0.0 && args.crop_fraction <= 1.0,
+        "--crop-fraction must be in (0, 1], got {}",
+        args.crop_fraction
+    );
+    let preprocess = PreprocessConfig {
+        crop_fraction: args.crop_fraction,
+        ..PreprocessConfig::new(vit.image_size)
+    };
     let mut train = Vec::new();
     let mut test = Vec::new();
     for site in &sites {
@@ -88,6 +96,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         finetune: FinetuneConfig {
             epochs: args.finetune_epochs,
             lr: args.finetune_lr,
+            exams_per_step: args.exams_per_step,
             seed: args.train_seed,
             ..FinetuneConfig::default()
         },

@@ -8,14 +8,25 @@ use super::Volume;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PreprocessConfig {
     pub image_size: usize,
+    /// Side of the central square kept before resampling, as a fraction of the
+    /// slice (1.0 keeps the whole field of view). The cruciate ligaments sit in
+    /// the middle of a sagittal knee slice; cropping keeps more of their pixels
+    /// at a small model input size.
+    #[serde(default = "full_field")]
+    pub crop_fraction: f64,
     pub clip_low_percentile: f64,
     pub clip_high_percentile: f64,
+}
+
+fn full_field() -> f64 {
+    1.0
 }
 
 impl PreprocessConfig {
     pub fn new(image_size: usize) -> Self {
         Self {
             image_size,
+            crop_fraction: 1.0,
             clip_low_percentile: 0.5,
             clip_high_percentile: 99.5,
         }
@@ -75,9 +86,16 @@ pub fn prepare(
         return Err(PreprocessError::NonFinite { id: id.into() });
     }
     let side = config.image_size;
+    let keep = config.crop_fraction.clamp(0.05, 1.0);
+    let crop = Crop {
+        y0: h as f64 * (1.0 - keep) / 2.0,
+        x0: w as f64 * (1.0 - keep) / 2.0,
+        h: h as f64 * keep,
+        w: w as f64 * keep,
+    };
     let mut pixels = Vec::with_capacity(d * side * side);
     for z in 0..d {
-        pixels.extend(resample(volume.slice(z), h, w, Crop::full(h, w), side));
+        pixels.extend(resample(volume.slice(z), h, w, crop, side));
     }
     let (lo, hi) = percentiles(
         &pixels,

@@ -43,11 +43,13 @@ impl SliceTransformer {
             relative_positions(count, table_len).as_slice(),
             &slices.device(),
         );
-        let tokens = Tensor::cat(
-            vec![self.exam_token.val(), slices + table.select(0, index)],
-            0,
-        )
-        .reshape([1, count + 1, d]);
+        // The exam token starts from the element-wise max over slices (MRNet's
+        // pooling) plus a learned offset: with a purely learned token the pooled
+        // output is nearly the same for every exam at initialisation, and
+        // fine-tuning collapsed to a constant prediction.
+        let exam = self.exam_token.val() + slices.clone().max_dim(0);
+        let tokens =
+            Tensor::cat(vec![exam, slices + table.select(0, index)], 0).reshape([1, count + 1, d]);
         let mut x = tokens;
         for block in &self.blocks {
             x = block.forward(x);

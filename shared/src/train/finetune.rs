@@ -27,7 +27,8 @@ pub struct FinetuneConfig {
     pub clip_grad_norm: f32,
     /// Weight of the positive class in BCE; `None` = negatives / positives of the training set.
     pub pos_weight: Option<f64>,
-    /// Mirror whole exams left–right at random.
+    /// Mirror whole exams left–right at random. Off by default: on a sagittal
+    /// slice that swaps anterior and posterior, which no scanner produces.
     pub flip: bool,
     pub seed: u64,
 }
@@ -43,7 +44,7 @@ impl Default for FinetuneConfig {
             weight_decay: 0.05,
             clip_grad_norm: 3.0,
             pos_weight: None,
-            flip: true,
+            flip: false,
             seed: 0,
         }
     }
