@@ -80,7 +80,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 8)]
     pub pretrain_epochs: usize,
     /// Fine-tuning epochs over the labelled exams.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 40)]
     pub finetune_epochs: usize,
     /// Skip pretraining: train the classifier from a random initialisation.
     #[arg(long)]
@@ -92,11 +92,14 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 5e-4)]
     pub pretrain_lr: f64,
     /// Fine-tuning peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 3e-4)]
     pub finetune_lr: f64,
     /// Exams per fine-tuning step (all their slices form one encoder batch).
     #[arg(long, default_value_t = 1)]
     pub exams_per_step: usize,
+    /// Keep only this many central slices of each exam (0 keeps all).
+    #[arg(long, default_value_t = 8)]
+    pub central_slices: usize,
     /// Central fraction of each slice kept before resizing to the model's input (1 = whole slice).
     #[arg(long, default_value_t = 0.5)]
     pub crop_fraction: f64,

@@ -10,7 +10,12 @@ use fedslice::model::{ClassifierConfig, SlicePooling, VitConfig};
 use fedslice::ssl::GmmlModel;
 use fedslice::train::{FinetuneConfig, NoProgress, PretrainConfig, pretrain};
 
-fn cohort(sites: usize, exams: usize, seed: u64) -> (Vec<PreparedExam>, Vec<PreparedExam>) {
+fn cohort(
+    sites: usize,
+    exams: usize,
+    seed: u64,
+    central_slices: usize,
+) -> (Vec<PreparedExam>, Vec<PreparedExam>) {
     let cfg = PhantomConfig {
         sites,
         exams_per_site: exams,
@@ -21,6 +26,7 @@ fn cohort(sites: usize, exams: usize, seed: u64) -> (Vec<PreparedExam>, Vec<Prep
     };
     let pre = PreprocessConfig {
         crop_fraction: 0.5,
+        central_slices,
         ..PreprocessConfig::new(64)
     };
     let mut train = Vec::new();
@@ -42,7 +48,7 @@ fn cohort(sites: usize, exams: usize, seed: u64) -> (Vec<PreparedExam>, Vec<Prep
 /// within a few epochs (a higher learning rate than the default keeps the test short).
 #[test]
 fn gmml_pretraining_loss_falls_on_phantom_slices() {
-    let (train, _) = cohort(1, 30, 11);
+    let (train, _) = cohort(1, 30, 11, 0);
     let config = PretrainConfig {
         epochs: 10,
         batch_size: 32,
@@ -70,29 +76,29 @@ fn gmml_pretraining_loss_falls_on_phantom_slices() {
     );
 }
 
-/// Known gap (issue 2): on the phantom the exam classifier does not yet learn
-/// the tear within a CPU-test budget (fine-tuning loss stays at the constant
-/// predictor's). Kept, ignored, so the target stays visible:
+/// The exam classifier, trained from scratch on a small cohort, separates
+/// torn from intact ACLs on held-out exams well above chance.
+///
+/// Known gap (issue 2): not yet reliable. Held-out AUC on the phantom varies
+/// between runs (0.50–0.96 seen with the same settings and different
+/// initialisations), and this cohort gave 0.63. Kept, ignored, as the target:
 /// `cargo test --release --features wgpu --test learning -- --ignored`.
 #[test]
-#[ignore = "known gap: the classifier does not yet separate phantom tears in a short CPU run (issue 2)"]
+#[ignore = "known gap: phantom AUC not yet reliable across initialisations (issue 2)"]
 fn classifier_beats_chance_on_held_out_phantom_exams() {
-    let (train, test) = cohort(2, 40, 11);
+    let (train, test) = cohort(3, 50, 11, 8);
+    let device = Device::flex();
+    device.seed(3);
     let config = ExperimentConfig {
         model: ClassifierConfig::new(
             VitConfig::preset("test").expect("preset"),
             SlicePooling::Transformer,
         ),
-        pretrain: Some(PretrainConfig {
-            epochs: 3,
-            batch_size: 32,
-            lr_per_256: 8e-3,
-            ..PretrainConfig::default()
-        }),
+        pretrain: None,
         finetune: FinetuneConfig {
-            epochs: 8,
+            epochs: 40,
             exams_per_step: 1,
-            lr: 1e-3,
+            lr: 3e-4,
             ..FinetuneConfig::default()
         },
         labelled_fraction: 1.0,
@@ -100,12 +106,16 @@ fn classifier_beats_chance_on_held_out_phantom_exams() {
         bootstrap_resamples: 200,
         seed: 1,
     };
-    let (_, report) = experiment::run(train, test, &config, &Device::flex(), &mut NoProgress)
-        .expect("experiment runs");
+    let (_, report) =
+        experiment::run(train, test, &config, &device, &mut NoProgress).expect("experiment runs");
+    let first = report.finetune_epoch_losses[0];
+    let last = *report.finetune_epoch_losses.last().expect("epochs");
+    assert!(last < 0.5 * first, "fine-tuning loss {first} → {last}");
     assert!(
         report.auc > 0.75,
         "held-out AUC {} (CI {:?}) is not well above chance",
         report.auc,
         report.auc_ci
     );
+    assert!(report.auc_ci[0] <= report.auc && report.auc <= report.auc_ci[1]);
 }

@@ -29,6 +29,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let pooling = args.pooling.parse().map_err(anyhow::Error::msg)?;
     let backend: BackendKind = args.device.parse()?;
     let device = device::open(backend)?;
+    // Weight initialisation draws from the device's generator: seed it so a
+    // run is repeatable with the same --train-seed.
+    device.seed(args.train_seed);
     let run_dir = args.out.clone().unwrap_or_else(default_run_dir);
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("creating run folder {}", run_dir.display()))?;
@@ -51,6 +54,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     );
     let preprocess = PreprocessConfig {
         crop_fraction: args.crop_fraction,
+        central_slices: args.central_slices,
         ..PreprocessConfig::new(vit.image_size)
     };
     let mut train = Vec::new();

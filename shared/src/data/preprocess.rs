@@ -14,6 +14,10 @@ pub struct PreprocessConfig {
     /// at a small model input size.
     #[serde(default = "full_field")]
     pub crop_fraction: f64,
+    /// Keep only this many central slices (0 keeps all). In a sagittal knee
+    /// series the cruciate ligaments lie in the central notch slices.
+    #[serde(default)]
+    pub central_slices: usize,
     pub clip_low_percentile: f64,
     pub clip_high_percentile: f64,
 }
@@ -27,6 +31,7 @@ impl PreprocessConfig {
         Self {
             image_size,
             crop_fraction: 1.0,
+            central_slices: 0,
             clip_low_percentile: 0.5,
             clip_high_percentile: 99.5,
         }
@@ -93,8 +98,14 @@ pub fn prepare(
         h: h as f64 * keep,
         w: w as f64 * keep,
     };
-    let mut pixels = Vec::with_capacity(d * side * side);
-    for z in 0..d {
+    let kept = if config.central_slices == 0 {
+        d
+    } else {
+        config.central_slices.min(d)
+    };
+    let first = (d - kept) / 2;
+    let mut pixels = Vec::with_capacity(kept * side * side);
+    for z in first..first + kept {
         pixels.extend(resample(volume.slice(z), h, w, crop, side));
     }
     let (lo, hi) = percentiles(
@@ -124,7 +135,7 @@ pub fn prepare(
     }
     Ok(PreparedExam {
         id: id.into(),
-        depth: d,
+        depth: kept,
         side,
         pixels,
         label,
