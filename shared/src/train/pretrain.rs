@@ -69,25 +69,16 @@ impl PretrainReport {
 
 /// Moves one pipeline batch onto `device` as (corrupted, target, mask).
 pub(crate) fn batch_tensors(
-    batch: &PretrainBatch,
+    batch: PretrainBatch,
     side: usize,
     patch: usize,
     device: &Device,
 ) -> (Tensor<4>, Tensor<3>, Tensor<3>) {
     let n = (side / patch) * (side / patch);
     let b = batch.size;
-    let corrupted = Tensor::from_data(
-        TensorData::new(batch.corrupted.clone(), [b, 1, side, side]),
-        device,
-    );
-    let target = Tensor::from_data(
-        TensorData::new(batch.target.clone(), [b, n, patch * patch]),
-        device,
-    );
-    let mask = Tensor::from_data(
-        TensorData::new(batch.mask.clone(), [b, n, patch * patch]),
-        device,
-    );
+    let corrupted = Tensor::from_data(TensorData::new(batch.corrupted, [b, 1, side, side]), device);
+    let target = Tensor::from_data(TensorData::new(batch.target, [b, n, patch * patch]), device);
+    let mask = Tensor::from_data(TensorData::new(batch.mask, [b, n, patch * patch]), device);
     (corrupted, target, mask)
 }
 
@@ -156,7 +147,7 @@ pub fn pretrain(
             (epoch_sum, epoch_count, current_epoch) = (0.0, 0, batch.epoch);
         }
         let (corrupted, target, mask) =
-            batch_tensors(&batch, vit.image_size, vit.patch_size, &train_device);
+            batch_tensors(batch, vit.image_size, vit.patch_size, &train_device);
         let loss = model.loss(corrupted, target, mask);
         let value: f64 = loss.clone().into_scalar::<f32>() as f64;
         if !value.is_finite() {
