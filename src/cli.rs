@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "fedslice",
     version,
-    about = "Federated slice-based self-supervised learning for knee MRI: synthetic cohorts, centralised baseline, benchmarks"
+    about = "Federated slice-based self-supervised learning for knee MRI: synthetic cohorts, the federated demo, centralised baseline, benchmarks"
 )]
 pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
@@ -26,6 +26,28 @@ pub enum Command {
     Train(TrainArgs),
     /// Measure training-step time and mask-generation throughput.
     Bench(BenchArgs),
+    /// One-machine federated demo: aggregator + one agent per site over mutual TLS on loopback.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Smaller cohort and budget (a few minutes on 2 CPU cores).
+    #[arg(long)]
+    pub quick: bool,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Folder for the cohort, aggregator state, bundles and logs (default: a new temporary folder).
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    pub sites: usize,
+    /// Exams per site (default 60, or 40 with --quick).
+    #[arg(long)]
+    pub exams_per_site: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -3,13 +3,20 @@
 
 mod cli;
 mod commands;
-mod progress;
 
 use std::io::IsTerminal;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // The demo starts the aggregator and the site agents as separate
+    // processes of this same executable, so `cargo run` needs no other binary.
+    let mut args = std::env::args_os();
+    match args.nth(1).as_ref().and_then(|a| a.to_str()) {
+        Some("aggregator") => return aggregator::cli::main_from(std::env::args_os().skip(1)),
+        Some("site-agent") => return site_agent::cli::main_from(std::env::args_os().skip(1)),
+        _ => {}
+    }
     let cli = cli::Cli::parse();
     init_tracing(cli.verbose);
     match commands::run(cli.command) {

@@ -2,17 +2,25 @@
 //!
 //! It owns the models ([`model`]), GMML self-supervision ([`ssl`]), training loops
 //! ([`train`]), site data ([`data`]: the exam type, the synthetic knee phantom,
-//! readers and preprocessing) and evaluation ([`metrics`]).
+//! readers and preprocessing) and evaluation ([`metrics`]); the federation's shared vocabulary: the update
+//! format ([`wire`]), aggregation ([`aggregate`]), protocol messages
+//! ([`protocol`]), TLS configuration ([`tls`]) and a site's round of local
+//! training ([`federated`]).
 //!
 //! It must not do I/O beyond the files a caller names, open network connections,
 //! or log anything derived from patient headers: binaries decide where data comes
 //! from and where results go.
 
+pub mod aggregate;
 pub mod bench;
 pub mod data;
 pub mod device;
 pub mod experiment;
+pub mod federated;
 pub mod metrics;
 pub mod model;
+pub mod protocol;
 pub mod ssl;
+pub mod tls;
 pub mod train;
+pub mod wire;

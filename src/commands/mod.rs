@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 mod bench;
+mod demo;
 mod phantom;
 mod train;
 
@@ -11,5 +12,6 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Phantom(args) => phantom::run(args),
         Command::Train(args) => train::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }

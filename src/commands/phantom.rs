@@ -28,11 +28,20 @@ pub fn write(out: &Path, args: &CohortArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let summary = phantom::write_cohort(out, &config(args))
         .with_context(|| format!("writing phantom cohort to {}", out.display()))?;
+    for site in &summary.sites {
+        tracing::info!(
+            site = %site.name,
+            train = site.train,
+            valid = site.valid,
+            train_torn = site.train_positive,
+            valid_torn = site.valid_positive,
+            "site written"
+        );
+    }
     tracing::info!(
         out = %out.display(),
-        seconds = started.elapsed().as_secs_f64(),
-        "cohort written: {}",
-        serde_json::to_string(&summary).unwrap_or_default()
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "cohort written (ground truth per exam in cohort.json)"
     );
     Ok(())
 }

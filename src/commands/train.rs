@@ -9,7 +9,7 @@ use fedslice::model::{ClassifierConfig, ClassifierMeta, VitConfig, save_classifi
 use fedslice::train::{FinetuneConfig, PretrainConfig};
 
 use crate::cli::TrainArgs;
-use crate::progress::Bars;
+use site_agent::progress::Bars;
 
 fn default_run_dir() -> PathBuf {
     let stamp = std::time::SystemTime::now()

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::TrainError;
 use super::optimizer::Optimizer;
 use super::progress::Progress;
-use super::schedule::CosineSchedule;
+use super::schedule::{CosineSchedule, ScheduleWindow};
 use crate::data::preprocess::PreparedExam;
 use crate::model::ExamClassifier;
 
@@ -31,6 +31,8 @@ pub struct FinetuneConfig {
     /// slice that swaps anterior and posterior, which no scanner produces.
     pub flip: bool,
     pub seed: u64,
+    #[serde(default)]
+    pub schedule: ScheduleWindow,
 }
 
 impl Default for FinetuneConfig {
@@ -46,6 +48,7 @@ impl Default for FinetuneConfig {
             pos_weight: None,
             flip: false,
             seed: 0,
+            schedule: ScheduleWindow::default(),
         }
     }
 }
@@ -115,11 +118,12 @@ pub fn finetune(
     let per_step = config.exams_per_step.max(1);
     let per_epoch = labelled.len().div_ceil(per_step);
     let total = per_epoch * config.epochs;
+    let (offset, schedule_steps) = config.schedule.steps(config.epochs, per_epoch);
     let lr = CosineSchedule {
         start: config.lr,
         end: config.min_lr,
         warmup_steps: (config.warmup_epochs * per_epoch as f64).round() as usize,
-        total_steps: total,
+        total_steps: schedule_steps,
     };
 
     let train_device = device.clone().autodiff();
@@ -157,7 +161,12 @@ pub fn finetune(
                     value,
                 });
             }
-            model = optimizer.step(model, loss, lr.value(report.steps), config.weight_decay);
+            model = optimizer.step(
+                model,
+                loss,
+                lr.value(offset + report.steps),
+                config.weight_decay,
+            );
             report.steps += 1;
             sum += value;
             progress.step(value);

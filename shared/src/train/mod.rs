@@ -12,7 +12,7 @@ pub use finetune::{FinetuneConfig, FinetuneReport, finetune, predict};
 pub use optimizer::Optimizer;
 pub use pretrain::{PretrainConfig, PretrainReport, pretrain};
 pub use progress::{NoProgress, Progress};
-pub use schedule::CosineSchedule;
+pub use schedule::{CosineSchedule, ScheduleWindow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

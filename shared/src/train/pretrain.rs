@@ -10,6 +10,7 @@ use super::TrainError;
 use super::optimizer::Optimizer;
 use super::progress::Progress;
 use super::schedule::CosineSchedule;
+use super::schedule::ScheduleWindow;
 use crate::data::preprocess::PreparedExam;
 use crate::ssl::GmmlModel;
 use crate::ssl::augment::AugmentConfig;
@@ -30,6 +31,8 @@ pub struct PretrainConfig {
     pub mask: MaskConfig,
     pub augment: AugmentConfig,
     pub seed: u64,
+    #[serde(default)]
+    pub schedule: ScheduleWindow,
 }
 
 impl Default for PretrainConfig {
@@ -46,6 +49,7 @@ impl Default for PretrainConfig {
             mask: MaskConfig::default(),
             augment: AugmentConfig::default(),
             seed: 0,
+            schedule: ScheduleWindow::default(),
         }
     }
 }
@@ -116,17 +120,18 @@ pub fn pretrain(
     };
     let per_epoch = pipeline_config.batches_per_epoch(slices);
     let total = per_epoch * config.epochs;
+    let (offset, schedule_steps) = config.schedule.steps(config.epochs, per_epoch);
     let lr = CosineSchedule {
         start: config.lr_per_256 * pipeline_config.batch_size as f64 / 256.0,
         end: config.min_lr,
         warmup_steps: (config.warmup_epochs * per_epoch as f64).round() as usize,
-        total_steps: total,
+        total_steps: schedule_steps,
     };
     let wd = CosineSchedule {
         start: config.weight_decay_start,
         end: config.weight_decay_end,
         warmup_steps: 0,
-        total_steps: total,
+        total_steps: schedule_steps,
     };
 
     let train_device = device.clone().autodiff();
@@ -156,7 +161,8 @@ pub fn pretrain(
                 value,
             });
         }
-        model = optimizer.step(model, loss, lr.value(report.steps), wd.value(report.steps));
+        let at = offset + report.steps;
+        model = optimizer.step(model, loss, lr.value(at), wd.value(at));
         report.steps += 1;
         epoch_sum += value;
         epoch_count += 1;

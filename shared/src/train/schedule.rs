@@ -20,6 +20,30 @@ impl CosineSchedule {
     }
 }
 
+/// Which part of a longer schedule one call to a training loop covers.
+///
+/// Federated rounds each train a few local epochs, but the learning-rate and
+/// weight-decay schedules must span the whole job: round r of R trains epochs
+/// `[first_epoch, first_epoch + epochs)` of a schedule `total_epochs` long, so
+/// warm-up happens once and the cosine decays across rounds, not within each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScheduleWindow {
+    pub first_epoch: usize,
+    /// `None`: the schedule spans exactly this call's epochs.
+    pub total_epochs: Option<usize>,
+}
+
+impl ScheduleWindow {
+    /// (step offset, total steps) for a call training `epochs` epochs of `per_epoch` steps.
+    pub fn steps(&self, epochs: usize, per_epoch: usize) -> (usize, usize) {
+        let total = self
+            .total_epochs
+            .unwrap_or(self.first_epoch + epochs)
+            .max(self.first_epoch + epochs);
+        (self.first_epoch * per_epoch, total * per_epoch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +62,16 @@ mod tests {
         assert!((s.value(60) - 0.55).abs() < 1e-12);
         assert!((s.value(110) - 0.1).abs() < 1e-12);
         assert!(s.value(30) > s.value(31));
+    }
+
+    #[test]
+    fn window_continues_one_schedule_across_calls() {
+        let window = ScheduleWindow {
+            first_epoch: 2,
+            total_epochs: Some(10),
+        };
+        assert_eq!(window.steps(1, 5), (10, 50));
+        assert_eq!(ScheduleWindow::default().steps(3, 5), (0, 15));
     }
 
     #[test]

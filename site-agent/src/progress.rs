@@ -11,6 +11,12 @@ pub struct Bars {
     recent: f64,
 }
 
+impl Default for Bars {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Bars {
     pub fn new() -> Self {
         Self {

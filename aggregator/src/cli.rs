@@ -1,0 +1,375 @@
+//! Every `aggregator` subcommand and flag, and what each one does.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use fedslice::aggregate::ServerOptimizer;
+use fedslice::model::SlicePooling;
+use fedslice::protocol::{Aggregation, Phase};
+use fedslice::wire::Dtype;
+
+use crate::engine::{Engine, StatePaths};
+use crate::state::{State, now};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "aggregator",
+    version,
+    about = "fedslice aggregator: consortium CA, site registry, federated rounds over mutual TLS"
+)]
+pub struct Cli {
+    /// State folder (database, blobs, PKI).
+    #[arg(
+        long,
+        global = true,
+        env = "FEDSLICE_STATE",
+        default_value = "aggregator-state"
+    )]
+    pub dir: PathBuf,
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the state folder: consortium CA, server certificate, database.
+    Init(InitArgs),
+    /// Enrol, revoke and list sites.
+    #[command(subcommand)]
+    Site(SiteCommand),
+    /// Create federated jobs.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Run the HTTPS service (client certificates required).
+    Serve(ServeArgs),
+    /// Jobs, rounds, sites and their last contact.
+    Status(StatusArgs),
+    /// The most recent audit-log entries.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a finished finetune job's global classifier (weights + config).
+    Export {
+        #[arg(long)]
+        job: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// The URL sites will use to reach this aggregator; its host goes into the server certificate.
+    #[arg(long)]
+    pub url: String,
+    /// Extra host names or IPs for the server certificate.
+    #[arg(long = "san")]
+    pub extra_sans: Vec<String>,
+    #[arg(long, default_value_t = 3650)]
+    pub ca_days: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SiteCommand {
+    /// Issue a site's certificate and write its bundle.
+    Add {
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Stop accepting a site's certificate (takes effect on its next request).
+    Revoke { name: String },
+    /// Enrolled sites.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Queue a job; jobs run one after another in creation order.
+    Create(JobArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    #[arg(long)]
+    pub phase: Phase,
+    #[arg(long, default_value = "test")]
+    pub preset: String,
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    #[arg(long, default_value_t = 1)]
+    pub min_sites: u32,
+    #[arg(long, default_value_t = 1)]
+    pub local_epochs: usize,
+    /// Seconds (or 90s, 10m, 2h) after which a round closes once min-sites reported.
+    #[arg(long, default_value = "10m", value_parser = parse_duration_s)]
+    pub round_timeout: u64,
+    /// Finetune only: start the encoder from this finished pretrain job's global model.
+    #[arg(long)]
+    pub init_from: Option<String>,
+    /// Precision of the updates sites send: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: Dtype,
+    /// fedavg, median or trimmed-mean.
+    #[arg(long, default_value = "fedavg")]
+    pub aggregation: String,
+    /// trimmed-mean: values dropped at each end per coordinate.
+    #[arg(long, default_value_t = 1)]
+    pub trim: usize,
+    /// sgd (server learning rate on the mean update; 1 = FedAvg) or adam (FedAdam).
+    #[arg(long, default_value = "sgd")]
+    pub server_optimizer: String,
+    #[arg(long, default_value_t = 1.0)]
+    pub server_lr: f32,
+    /// Scale every site's update down to this L2 norm before aggregating.
+    #[arg(long)]
+    pub clip_update_norm: Option<f64>,
+    /// transformer or max slice pooling (finetune).
+    #[arg(long, default_value = "transformer")]
+    pub pooling: SlicePooling,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on; default: all interfaces on the init URL's port.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Largest accepted upload, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub max_body_mib: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_duration_s(s: &str) -> Result<u64, String> {
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 300, 90s, 10m, 2h)"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use s, m or h)")),
+    };
+    Ok(n * scale)
+}
+
+/// Host and port of an `https://HOST:PORT` URL.
+pub fn parse_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("https://")
+        .with_context(|| format!("`{url}`: the aggregator URL must start with https://"))?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, tail) = v6
+            .split_once(']')
+            .with_context(|| format!("`{url}`: unterminated IPv6 address"))?;
+        (host.to_string(), tail.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    anyhow::ensure!(!host.is_empty(), "`{url}`: no host");
+    let port = match port {
+        Some(p) => p
+            .parse()
+            .with_context(|| format!("`{url}`: `{p}` is not a port"))?,
+        None => 443,
+    };
+    Ok((host, port))
+}
+
+pub fn main() -> std::process::ExitCode {
+    dispatch(Cli::parse())
+}
+
+/// Runs the CLI on explicit arguments (the `fedslice` binary embeds it for the demo).
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
+    match Cli::try_parse_from(args) {
+        Ok(cli) => dispatch(cli),
+        Err(e) => e.exit(),
+    }
+}
+
+fn dispatch(cli: Cli) -> std::process::ExitCode {
+    init_tracing(cli.verbose);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = cli.dir;
+    match cli.command {
+        Command::Init(args) => init(&dir, &args),
+        Command::Site(SiteCommand::Add { name, out, days }) => {
+            crate::enrol::add_site(&dir, &name, &out, days)
+        }
+        Command::Site(SiteCommand::Revoke { name }) => {
+            open_state(&dir)?.revoke_site(&name)?;
+            println!("revoked site `{name}`: its certificate is refused from the next request on");
+            Ok(())
+        }
+        Command::Site(SiteCommand::List { json }) => {
+            crate::report::list_sites(&open_state(&dir)?, json)
+        }
+        Command::Job(JobCommand::Create(args)) => create_job(&dir, &args),
+        Command::Serve(args) => serve(&dir, &args),
+        Command::Status(args) => crate::report::status(&open_state(&dir)?, args.json),
+        Command::Audit { limit, json } => crate::report::audit(&open_state(&dir)?, limit, json),
+        Command::Export { job, out } => crate::export::export(&dir, &job, &out),
+    }
+}
+
+pub fn open_state(dir: &Path) -> anyhow::Result<State> {
+    let paths = StatePaths::new(dir);
+    anyhow::ensure!(
+        paths.db().is_file(),
+        "{} is not an aggregator state folder (run `aggregator init --dir {} --url https://HOST:PORT` first)",
+        dir.display(),
+        dir.display()
+    );
+    State::open(&paths.db()).with_context(|| format!("opening {}", paths.db().display()))
+}
+
+fn init(dir: &Path, args: &InitArgs) -> anyhow::Result<()> {
+    let paths = StatePaths::new(dir);
+    if paths.db().exists() {
+        bail!(
+            "{} already holds an aggregator state; refusing to overwrite its CA",
+            dir.display()
+        );
+    }
+    let (host, port) = parse_url(&args.url)?;
+    std::fs::create_dir_all(paths.pki())
+        .with_context(|| format!("creating {}", paths.pki().display()))?;
+    crate::enrol::create_pki(&paths, &host, &args.extra_sans, args.ca_days)?;
+    let state = State::open(&paths.db())?;
+    state.set_meta("url", &args.url)?;
+    state.set_meta("port", &port.to_string())?;
+    state.audit(
+        "initialised",
+        None,
+        &format!("consortium CA created; url {}", args.url),
+    )?;
+    println!("initialised {} for {}", dir.display(), args.url);
+    println!(
+        "next: aggregator --dir {} site add NAME --out BUNDLE_DIR",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn create_job(dir: &Path, args: &JobArgs) -> anyhow::Result<()> {
+    let state = open_state(dir)?;
+    let aggregation = match args.aggregation.as_str() {
+        "fedavg" => Aggregation::Fedavg,
+        "median" => Aggregation::Median,
+        "trimmed-mean" => Aggregation::TrimmedMean { trim: args.trim },
+        other => bail!("unknown --aggregation `{other}` (fedavg, median or trimmed-mean)"),
+    };
+    let server_optimizer = match args.server_optimizer.as_str() {
+        "sgd" => ServerOptimizer::Sgd { lr: args.server_lr },
+        "adam" => ServerOptimizer::Adam {
+            lr: args.server_lr,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-3,
+        },
+        other => bail!("unknown --server-optimizer `{other}` (sgd or adam)"),
+    };
+    let spec = fedslice::federated::job_spec(&fedslice::federated::JobOptions {
+        phase: args.phase,
+        preset: args.preset.clone(),
+        pooling: args.pooling,
+        rounds: args.rounds,
+        min_sites: args.min_sites,
+        local_epochs: args.local_epochs,
+        round_timeout_s: args.round_timeout,
+        init_from: args.init_from.clone(),
+        dtype: args.dtype,
+        aggregation,
+        server_optimizer,
+        clip_update_norm: args.clip_update_norm,
+        seed: args.seed,
+    })?;
+    let id = state.create_job(&spec)?;
+    println!("{id}");
+    Ok(())
+}
+
+fn serve(dir: &Path, args: &ServeArgs) -> anyhow::Result<()> {
+    let listen = match args.listen {
+        Some(addr) => addr,
+        None => {
+            let port: u16 = open_state(dir)?
+                .meta("port")?
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(8443);
+            SocketAddr::from(([0, 0, 0, 0], port))
+        }
+    };
+    // Fail on a bad state folder before starting the runtime.
+    drop(Engine::open(dir, args.max_body_mib << 20)?);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(crate::server::serve(
+        dir,
+        crate::server::ServeOptions {
+            listen,
+            max_body_bytes: args.max_body_mib << 20,
+        },
+    ))
+}
+
+/// Seconds since the epoch → "N s ago" for status listings.
+pub fn ago(t: Option<i64>) -> String {
+    match t {
+        Some(t) => format!("{} s ago", (now() - t).max(0)),
+        None => "never".into(),
+    }
+}

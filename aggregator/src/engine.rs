@@ -1,0 +1,569 @@
+//! The aggregator's logic, independent of HTTP: who may call, what work a site
+//! gets, whether an update is acceptable, and advancing jobs and rounds.
+//!
+//! Order of durability: an update's blob is fsynced, then its row committed,
+//! and only then is the upload acknowledged; a round's new model blob is
+//! fsynced before the transaction that publishes it. A crash at any point
+//! therefore either loses an unacknowledged upload or nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use fedslice::aggregate::{self, FedAvg};
+use fedslice::protocol::{Aggregation, JobSpec, PollResponse, UploadReceipt, Work};
+use fedslice::wire::{self, DecodeLimits, Dtype, PayloadKind, PayloadMeta, Schema, TensorMap};
+use tokio::sync::Notify;
+
+use crate::blobs::BlobStore;
+use crate::pki::PeerIdentity;
+use crate::state::{AfterClose, JobRow, Recorded, RoundRow, State, now};
+
+/// Why a request was refused; the message goes to the caller and the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("upload is larger than the {0}-byte limit")]
+    TooLarge(usize),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Rejection {
+    Rejection::Internal(e.to_string())
+}
+
+/// Files of a state folder.
+pub struct StatePaths {
+    pub root: PathBuf,
+}
+
+impl StatePaths {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+    pub fn db(&self) -> PathBuf {
+        self.root.join("fedslice.db")
+    }
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+    pub fn incoming(&self) -> PathBuf {
+        self.root.join("incoming")
+    }
+    pub fn pki(&self) -> PathBuf {
+        self.root.join("pki")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.pki().join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.pki().join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.pki().join("server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.pki().join("server.key")
+    }
+}
+
+pub struct Engine {
+    pub paths: StatePaths,
+    state: Mutex<State>,
+    pub blobs: BlobStore,
+    /// Woken whenever a round opens or closes, to answer long-polls at once.
+    pub changed: Notify,
+    pub max_body_bytes: usize,
+    schemas: Mutex<HashMap<String, Arc<Schema>>>,
+    spool_counter: AtomicU64,
+}
+
+impl Engine {
+    pub fn open(root: &Path, max_body_bytes: usize) -> anyhow::Result<Self> {
+        let paths = StatePaths::new(root);
+        anyhow::ensure!(
+            paths.db().is_file(),
+            "{} is not an aggregator state folder (run `aggregator init --dir {}` first)",
+            root.display(),
+            root.display()
+        );
+        let state = State::open(&paths.db())
+            .with_context(|| format!("opening {}", paths.db().display()))?;
+        let blobs = BlobStore::open(&paths.blobs())?;
+        std::fs::create_dir_all(paths.incoming())
+            .with_context(|| format!("creating {}", paths.incoming().display()))?;
+        Ok(Self {
+            paths,
+            state: Mutex::new(state),
+            blobs,
+            changed: Notify::new(),
+            max_body_bytes,
+            schemas: Mutex::new(HashMap::new()),
+            spool_counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (transactions roll back), so the state is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn tls_server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+        };
+        let config = fedslice::tls::server_config(
+            &read(self.paths.ca_cert())?,
+            &read(self.paths.server_cert())?,
+            &read(self.paths.server_key())?,
+        )?;
+        Ok(config)
+    }
+
+    pub fn audit_event(&self, event: &str, site: Option<&str>, detail: &str) {
+        if let Err(e) = self.state().audit(event, site, detail) {
+            tracing::error!("writing audit log: {e}");
+        }
+    }
+
+    pub fn record_rejection(&self, site: &str, rejection: &Rejection) {
+        tracing::warn!(site, "refused: {rejection}");
+        self.audit_event(
+            "request_refused",
+            Some(site),
+            &format!("{}: {rejection}", rejection.status()),
+        );
+    }
+
+    pub fn wake(self: &Arc<Self>) {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || match engine.tick() {
+            Ok(true) => engine.changed.notify_waiters(),
+            Ok(false) => {}
+            Err(e) => tracing::error!("advancing rounds: {e:#}"),
+        });
+    }
+
+    pub fn incoming_path(&self) -> PathBuf {
+        let n = self.spool_counter.fetch_add(1, Ordering::Relaxed);
+        self.paths
+            .incoming()
+            .join(format!("upload-{}-{n}.part", std::process::id()))
+    }
+
+    pub fn authorise(&self, peer: &PeerIdentity) -> Result<(), Rejection> {
+        let state = self.state();
+        let refuse = |reason: String| {
+            let _ = state.audit("request_refused", Some(&peer.common_name), &reason);
+            tracing::warn!(site = %peer.common_name, "refused: {reason}");
+            Err(Rejection::Forbidden(reason))
+        };
+        match state.site(&peer.common_name).map_err(internal)? {
+            None => refuse(format!(
+                "certificate names `{}`, which is not an enrolled site",
+                peer.common_name
+            )),
+            Some(site) if site.status != "active" => {
+                refuse(format!("site `{}` has been revoked", site.name))
+            }
+            Some(site) if site.fingerprint != peer.fingerprint => refuse(format!(
+                "site `{}` presented a certificate that is not its current one",
+                site.name
+            )),
+            Some(site) => {
+                state.touch_site(&site.name).map_err(internal)?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn poll(&self, site: &str) -> Result<PollResponse, Rejection> {
+        let state = self.state();
+        let open_jobs = state.open_jobs().map_err(internal)?;
+        let Some(job) = state.running_job().map_err(internal)? else {
+            return Ok(PollResponse {
+                work: None,
+                open_jobs,
+                waiting_for: (open_jobs > 0).then(|| "the next job to start".to_string()),
+            });
+        };
+        let Some(round) = state.open_round(&job.id).map_err(internal)? else {
+            return Ok(PollResponse {
+                work: None,
+                open_jobs,
+                waiting_for: Some(format!("{} to open its next round", job.id)),
+            });
+        };
+        if state
+            .has_update(&job.id, round.round, site)
+            .map_err(internal)?
+        {
+            return Ok(PollResponse {
+                work: None,
+                open_jobs,
+                waiting_for: Some(format!(
+                    "the other sites to finish {} round {}",
+                    job.id, round.round
+                )),
+            });
+        }
+        Ok(PollResponse {
+            work: Some(Work {
+                job: job.id.clone(),
+                spec: job.spec.clone(),
+                round: round.round,
+                model_digest: round.base_digest.clone(),
+                deadline_unix_s: round.deadline.max(0) as u64,
+            }),
+            open_jobs,
+            waiting_for: None,
+        })
+    }
+
+    /// A published global model; sites can never fetch another site's update.
+    pub fn model_bytes(&self, site: &str, digest: &str) -> Result<Vec<u8>, Rejection> {
+        if !self.state().is_model(digest).map_err(internal)? {
+            return Err(Rejection::NotFound(format!(
+                "no global model with digest {digest}"
+            )));
+        }
+        let bytes = self.blobs.get(digest).map_err(internal)?;
+        tracing::debug!(site, digest, bytes = bytes.len(), "model sent");
+        Ok(bytes)
+    }
+
+    fn schema_of(&self, digest: &str) -> Result<Arc<Schema>, Rejection> {
+        if let Some(schema) = self
+            .schemas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+        {
+            return Ok(schema.clone());
+        }
+        let (_, model) = self.load_model(digest).map_err(internal)?;
+        let schema = Arc::new(model.schema());
+        self.schemas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.to_string(), schema.clone());
+        Ok(schema)
+    }
+
+    pub fn load_model(&self, digest: &str) -> anyhow::Result<(wire::PayloadHeader, TensorMap)> {
+        let bytes = self.blobs.get(digest)?;
+        wire::decode(&bytes, &DecodeLimits::DEFAULT)
+            .with_context(|| format!("decoding model {digest}"))
+    }
+
+    /// Validates an uploaded update against the open round and records it.
+    pub fn accept_update(&self, site: &str, bytes: &[u8]) -> Result<UploadReceipt, Rejection> {
+        let header =
+            wire::decode_header(bytes).map_err(|e| Rejection::BadRequest(e.to_string()))?;
+        if header.kind != PayloadKind::Update {
+            return Err(Rejection::BadRequest(
+                "payload is not a model update".into(),
+            ));
+        }
+        let (job, round) = {
+            let state = self.state();
+            let job = state.job(&header.job).map_err(internal)?.ok_or_else(|| {
+                Rejection::Conflict(format!(
+                    "update is for job `{}`, which does not exist",
+                    header.job
+                ))
+            })?;
+            if job.status != "running" {
+                return Err(Rejection::Conflict(format!(
+                    "update is for job `{}`, which is {}",
+                    job.id, job.status
+                )));
+            }
+            let round = state
+                .open_round(&job.id)
+                .map_err(internal)?
+                .ok_or_else(|| {
+                    Rejection::Conflict(format!("job `{}` has no open round", job.id))
+                })?;
+            (job, round)
+        };
+        if header.round != round.round {
+            return Err(Rejection::Conflict(format!(
+                "update is for round {} of {}, but round {} is open (a stale update is never counted)",
+                header.round, job.id, round.round
+            )));
+        }
+        if header.base_digest.as_deref() != Some(round.base_digest.as_str()) {
+            return Err(Rejection::Conflict(format!(
+                "update was computed from model {}, but round {} starts from {}",
+                header.base_digest.as_deref().unwrap_or("(none)"),
+                round.round,
+                round.base_digest
+            )));
+        }
+        if header.samples == 0 {
+            return Err(Rejection::Unprocessable(
+                "update reports 0 training samples".into(),
+            ));
+        }
+        let schema = self.schema_of(&round.base_digest)?;
+        let (_, delta) = wire::decode(bytes, &DecodeLimits::for_schema(&schema))
+            .map_err(|e| Rejection::Unprocessable(e.to_string()))?;
+        schema
+            .check(&delta)
+            .map_err(|e| Rejection::Unprocessable(e.to_string()))?;
+        let norm = delta.l2_norm();
+        // A NaN norm is refused too (the payload was checked finite, but be explicit).
+        if norm.is_nan() || norm > job.spec.max_update_norm {
+            return Err(Rejection::Unprocessable(format!(
+                "update norm {norm:.3e} exceeds the job's bound {:.3e}",
+                job.spec.max_update_norm
+            )));
+        }
+        let digest = self.blobs.put(bytes).map_err(internal)?;
+        let metrics = serde_json::to_value(&header.metrics).map_err(internal)?;
+        let mut state = self.state();
+        let recorded = state
+            .record_update(
+                &job.id,
+                round.round,
+                site,
+                &digest,
+                header.samples,
+                bytes.len() as u64,
+                &metrics,
+            )
+            .map_err(internal)?;
+        let duplicate = match recorded {
+            Recorded::Inserted => false,
+            Recorded::Duplicate => true,
+            Recorded::Conflict { existing } => {
+                return Err(Rejection::Conflict(format!(
+                    "site `{site}` already sent a different update ({existing}) for {} round {}",
+                    job.id, round.round
+                )));
+            }
+        };
+        let reported = state.updates(&job.id, round.round).map_err(internal)?.len() as u32;
+        let expected = state.active_sites().map_err(internal)?;
+        tracing::info!(site, job = %job.id, round = round.round, reported, expected, duplicate, "update accepted");
+        Ok(UploadReceipt {
+            job: job.id,
+            round: round.round,
+            digest,
+            duplicate,
+            reported,
+            expected,
+        })
+    }
+
+    /// Advances the consortium by one step if it can: starts the next job or
+    /// closes the open round. Returns whether anything changed.
+    pub fn tick(&self) -> anyhow::Result<bool> {
+        let running = self.state().running_job()?;
+        match running {
+            None => self.start_next_job(),
+            Some(job) => self.maybe_close_round(&job),
+        }
+    }
+
+    fn start_next_job(&self) -> anyhow::Result<bool> {
+        let Some(job) = self.state().next_pending_job()? else {
+            return Ok(false);
+        };
+        let init = match &job.spec.init_from {
+            None => None,
+            Some(from) => {
+                let source = self.state().job(from)?;
+                match source {
+                    Some(source) if source.status == "finished" => {
+                        let digest = source
+                            .model_digest
+                            .context("finished pretrain job has no model")?;
+                        Some(self.load_model(&digest)?.1)
+                    }
+                    Some(source) if source.status == "failed" => {
+                        self.state()
+                            .fail_job(&job.id, &format!("--init-from job {from} failed"))?;
+                        return Ok(true);
+                    }
+                    // Still running: this job waits its turn.
+                    _ => return Ok(false),
+                }
+            }
+        };
+        let device = fedslice::device::open(fedslice::device::BackendKind::Flex)?;
+        let model = match fedslice::federated::initial_model(&job.spec, init.as_ref(), &device) {
+            Ok(model) => model,
+            Err(e) => {
+                self.state().fail_job(&job.id, &e.to_string())?;
+                return Ok(true);
+            }
+        };
+        let digest = self.put_model(&job, 0, &model)?;
+        let deadline = now() + job.spec.round_timeout_s as i64;
+        self.state().start_job(&job.id, &digest, deadline)?;
+        tracing::info!(job = %job.id, phase = %job.spec.phase, digest, "job started; round 1 open");
+        Ok(true)
+    }
+
+    fn put_model(&self, job: &JobRow, version: u32, model: &TensorMap) -> anyhow::Result<String> {
+        let payload = wire::encode(
+            PayloadMeta {
+                kind: PayloadKind::Model,
+                job: job.id.clone(),
+                round: version,
+                base_digest: None,
+                samples: 0,
+                metrics: Default::default(),
+            },
+            model,
+            Dtype::F32,
+            3,
+        )?;
+        Ok(self.blobs.put(&payload)?)
+    }
+
+    fn maybe_close_round(&self, job: &JobRow) -> anyhow::Result<bool> {
+        let (round, updates, active) = {
+            let state = self.state();
+            let Some(round) = state.open_round(&job.id)? else {
+                return Ok(false);
+            };
+            let updates = state.updates(&job.id, round.round)?;
+            (round, updates, state.active_sites()?)
+        };
+        let reported = updates.len() as u32;
+        let expired = now() >= round.deadline;
+        let all_in = reported > 0 && reported >= active;
+        if !(all_in || (expired && reported >= job.spec.min_sites)) {
+            if expired {
+                let note = format!(
+                    "deadline passed with {reported} of {} required updates; waiting for min-sites",
+                    job.spec.min_sites
+                );
+                if round.note.as_deref() != Some(note.as_str()) {
+                    tracing::warn!(job = %job.id, round = round.round, "{note}");
+                    let state = self.state();
+                    state.set_round_note(&job.id, round.round, &note)?;
+                    state.audit(
+                        "round_waiting",
+                        None,
+                        &format!("{} round {}: {note}", job.id, round.round),
+                    )?;
+                }
+            }
+            return Ok(false);
+        }
+        let sites: Vec<&str> = updates.iter().map(|u| u.site.as_str()).collect();
+        let note = format!(
+            "{reported} of {active} active sites ({}); closed {}",
+            sites.join(", "),
+            if all_in {
+                "when all reported"
+            } else {
+                "at the deadline"
+            }
+        );
+        self.close_round(job, &round, &updates, &note)?;
+        Ok(true)
+    }
+
+    fn close_round(
+        &self,
+        job: &JobRow,
+        round: &RoundRow,
+        updates: &[crate::state::UpdateRow],
+        note: &str,
+    ) -> anyhow::Result<()> {
+        let (_, mut global) = self.load_model(&round.base_digest)?;
+        let schema = global.schema();
+        let limits = DecodeLimits::for_schema(&schema);
+        let spec: &JobSpec = &job.spec;
+        let load_delta = |digest: &str| -> anyhow::Result<TensorMap> {
+            let bytes = self.blobs.get(digest)?;
+            let (_, mut delta) = wire::decode(&bytes, &limits)?;
+            if let Some(max) = spec.clip_update_norm {
+                aggregate::clip_norm(&mut delta, max);
+            }
+            Ok(delta)
+        };
+        let mean = match spec.aggregation {
+            Aggregation::Fedavg => {
+                // One update in memory at a time: O(model) whatever the number of sites.
+                let mut fedavg = FedAvg::new(schema.clone());
+                for update in updates {
+                    fedavg.add(&load_delta(&update.digest)?, update.samples as f64)?;
+                }
+                fedavg.finish()?
+            }
+            Aggregation::Median | Aggregation::TrimmedMean { .. } => {
+                let deltas = updates
+                    .iter()
+                    .map(|u| load_delta(&u.digest))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                match spec.aggregation {
+                    Aggregation::TrimmedMean { trim } => aggregate::trimmed_mean(&deltas, trim)?,
+                    _ => aggregate::coordinate_median(&deltas)?,
+                }
+            }
+        };
+        let previous = match &job.optimizer_state {
+            Some(digest) => Some(self.blobs.get(digest)?),
+            None => None,
+        };
+        let optimizer_state = match crate::server_opt::step(
+            spec.server_optimizer,
+            &mut global,
+            &mean,
+            previous.as_deref(),
+        )? {
+            Some(bytes) => Some(self.blobs.put(&bytes)?),
+            None => None,
+        };
+        let digest = self.put_model(job, round.round, &global)?;
+        let after = if round.round >= spec.rounds {
+            AfterClose::Finished
+        } else {
+            AfterClose::NextRound {
+                deadline: now() + spec.round_timeout_s as i64,
+            }
+        };
+        self.state()
+            .close_round(round, &digest, optimizer_state.as_deref(), note, &after)?;
+        tracing::info!(job = %job.id, round = round.round, digest, "{note}");
+        Ok(())
+    }
+}

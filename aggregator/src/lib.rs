@@ -1,0 +1,19 @@
+//! The aggregator: the consortium's hosted service. It owns enrolment (the
+//! consortium CA and site registry), durable state (SQLite + content-addressed
+//! blobs), the round engine (FedAvg and its robust variants) and the mutual-TLS
+//! HTTPS API the site agents poll.
+//!
+//! It must never need or receive pixels, headers or identifiers: it works on
+//! model tensors, sample counts and aggregate metrics only, and it never hands
+//! one site's update to another site.
+
+pub mod blobs;
+pub mod cli;
+pub mod engine;
+pub mod enrol;
+pub mod export;
+pub mod pki;
+pub mod report;
+pub mod server;
+mod server_opt;
+pub mod state;

@@ -1,0 +1,103 @@
+//! `aggregator status`, `site list` and `audit`: what an operator reads.
+
+use crate::cli::ago;
+use crate::state::State;
+
+pub fn list_sites(state: &State, json: bool) -> anyhow::Result<()> {
+    let sites = state.sites()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sites)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<8} {:<16} {:<34}",
+        "site", "status", "last contact", "certificate serial"
+    );
+    for s in sites {
+        println!(
+            "{:<20} {:<8} {:<16} {:<34}",
+            s.name,
+            s.status,
+            ago(s.last_contact),
+            s.serial
+        );
+    }
+    Ok(())
+}
+
+pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
+    let jobs = state.jobs()?;
+    let sites = state.sites()?;
+    if json {
+        let mut out = Vec::new();
+        for job in &jobs {
+            let rounds = state.rounds(&job.id)?;
+            let mut round_json = Vec::new();
+            for r in rounds {
+                let updates = state.updates(&job.id, r.round)?;
+                round_json.push(serde_json::json!({ "round": r, "updates": updates }));
+            }
+            out.push(serde_json::json!({ "job": job, "rounds": round_json }));
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "jobs": out, "sites": sites }))?
+        );
+        return Ok(());
+    }
+    if jobs.is_empty() {
+        println!("no jobs (create one with `aggregator job create`)");
+    }
+    for job in &jobs {
+        let rounds = state.rounds(&job.id)?;
+        let open = rounds.iter().find(|r| r.status == "open");
+        println!(
+            "{}  {} {}  {}  rounds {}/{}  model v{}{}",
+            job.id,
+            job.spec.phase,
+            job.spec.preset,
+            job.status,
+            rounds.iter().filter(|r| r.status == "closed").count(),
+            job.spec.rounds,
+            job.model_version.map_or("-".into(), |v| v.to_string()),
+            job.error
+                .as_ref()
+                .map_or(String::new(), |e| format!("  error: {e}"))
+        );
+        if let Some(r) = open {
+            let updates = state.updates(&job.id, r.round)?;
+            let names: Vec<&str> = updates.iter().map(|u| u.site.as_str()).collect();
+            println!(
+                "    round {} open: {} update(s) [{}], deadline in {} s{}",
+                r.round,
+                updates.len(),
+                names.join(", "),
+                (r.deadline - crate::state::now()).max(0),
+                r.note
+                    .as_ref()
+                    .map_or(String::new(), |n| format!("  ({n})"))
+            );
+        }
+    }
+    println!();
+    list_sites(state, false)
+}
+
+pub fn audit(state: &State, limit: usize, json: bool) -> anyhow::Result<()> {
+    let rows = state.audit_log(limit)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for r in rows {
+        println!(
+            "{:>6} {} {:<18} {:<12} {}",
+            r.id,
+            r.at,
+            r.event,
+            r.site.as_deref().unwrap_or("-"),
+            r.detail
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! `aggregator serve`: the HTTPS API over rustls with client certificates
+//! required, and the background task that advances rounds.
+//!
+//! Identity comes only from the verified client certificate: its common name
+//! must be an active site whose registered certificate fingerprint matches, on
+//! every request. TLS failures and refused requests go to the audit log.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{
+    DefaultBodyLimit, Extension, Path as UrlPath, Query, Request, State as AxumState,
+};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use fedslice::protocol::{ApiError, PollResponse, UploadReceipt, paths};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio_rustls::TlsAcceptor;
+
+use crate::engine::{Engine, Rejection};
+use crate::pki::{PeerIdentity, peer_identity};
+
+/// How long a site's long-poll may wait before an empty answer; kept below
+/// common proxy idle timeouts.
+pub const MAX_POLL_WAIT: Duration = Duration::from_secs(25);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+/// The site a request comes from, after the registry check.
+#[derive(Clone, Debug)]
+struct Site(String);
+
+fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(ApiError {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        api_error(self.status(), self.to_string())
+    }
+}
+
+/// Refuses a request unless the certificate's name is an active site with
+/// this exact certificate (a revoked or re-issued one no longer counts).
+async fn authorise(
+    AxumState(engine): AxumState<Arc<Engine>>,
+    Extension(peer): Extension<Arc<PeerIdentity>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match engine.authorise(&peer) {
+        Ok(()) => {
+            request
+                .extensions_mut()
+                .insert(Site(peer.common_name.clone()));
+            next.run(request).await
+        }
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+#[derive(serde::Deserialize)]
+struct PollQuery {
+    wait: Option<u64>,
+}
+
+async fn poll_work(
+    AxumState(engine): AxumState<Arc<Engine>>,
+    Extension(Site(site)): Extension<Site>,
+    Query(query): Query<PollQuery>,
+) -> Result<axum::Json<PollResponse>, Rejection> {
+    let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(MAX_POLL_WAIT);
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        // Register for wake-ups before looking, so a change between the look
+        // and the wait is not missed.
+        let changed = engine.changed.notified();
+        let response = engine.poll(&site)?;
+        if response.work.is_some()
+            || response.open_jobs == 0
+            || tokio::time::Instant::now() >= until
+        {
+            return Ok(axum::Json(response));
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(until) => {}
+        }
+    }
+}
+
+async fn get_model(
+    AxumState(engine): AxumState<Arc<Engine>>,
+    Extension(Site(site)): Extension<Site>,
+    UrlPath(digest): UrlPath<String>,
+) -> Result<Response, Rejection> {
+    let bytes = engine.model_bytes(&site, &digest)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Bytes::from(bytes),
+    )
+        .into_response())
+}
+
+/// Streams the body to a temporary file (bounded by the body limit) so a
+/// large update never sits in memory twice, then validates it.
+async fn post_update(
+    AxumState(engine): AxumState<Arc<Engine>>,
+    Extension(Site(site)): Extension<Site>,
+    body: Body,
+) -> Result<axum::Json<UploadReceipt>, Rejection> {
+    use futures_util::StreamExt;
+    let tmp = engine.incoming_path();
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| Rejection::Internal(format!("spooling upload: {e}")))?;
+        let mut stream = body.into_data_stream();
+        let mut received = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                Rejection::BadRequest(format!("upload interrupted or over the size limit: {e}"))
+            })?;
+            received += chunk.len();
+            if received > engine.max_body_bytes {
+                return Err(Rejection::TooLarge(engine.max_body_bytes));
+            }
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Rejection::Internal(format!("spooling upload: {e}")))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Rejection::Internal(format!("spooling upload: {e}")))?;
+        let bytes = tokio::fs::read(&tmp)
+            .await
+            .map_err(|e| Rejection::Internal(format!("spooling upload: {e}")))?;
+        debug_assert_eq!(bytes.len(), received);
+        let engine = engine.clone();
+        let site = site.clone();
+        tokio::task::spawn_blocking(move || engine.accept_update(&site, &bytes))
+            .await
+            .map_err(|e| Rejection::Internal(format!("validating upload: {e}")))?
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&tmp).await;
+    match &result {
+        Ok(_) => engine.wake(),
+        Err(rejection) => engine.record_rejection(&site, rejection),
+    }
+    result.map(axum::Json)
+}
+
+fn router(engine: Arc<Engine>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(paths::HEALTH, get(health))
+        .route(paths::WORK, get(poll_work))
+        .route(&format!("{}/{{digest}}", paths::MODELS), get(get_model))
+        .route(paths::UPDATES, post(post_update))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .route_layer(middleware::from_fn_with_state(engine.clone(), authorise))
+        .with_state(engine)
+}
+
+pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()> {
+    let engine = Arc::new(Engine::open(state_dir, options.max_body_bytes)?);
+    let tls = engine.tls_server_config()?;
+    let acceptor = TlsAcceptor::from(tls);
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("binding {}", options.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, state = %state_dir.display(), "aggregator serving (mutual TLS 1.3)");
+    engine.audit_event("service_started", None, &format!("listening on {local}"));
+
+    let ticker = engine.clone();
+    tokio::spawn(async move {
+        loop {
+            let engine = ticker.clone();
+            match tokio::task::spawn_blocking(move || engine.tick()).await {
+                Ok(Ok(true)) => ticker.changed.notify_waiters(),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::error!("advancing rounds: {e:#}"),
+                Err(e) => tracing::error!("round task panicked: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+
+    let app = router(engine.clone(), options.max_body_bytes);
+    loop {
+        let (tcp, peer_addr) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %peer_addr, "TLS handshake refused: {e}");
+                    engine.audit_event("tls_refused", None, &format!("peer {peer_addr}: {e}"));
+                    return;
+                }
+                Err(_) => {
+                    engine.audit_event(
+                        "tls_refused",
+                        None,
+                        &format!("peer {peer_addr}: handshake timed out"),
+                    );
+                    return;
+                }
+            };
+            let identity = match tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map(|cert| peer_identity(cert.as_ref()))
+            {
+                Some(Ok(identity)) => identity,
+                Some(Err(e)) => {
+                    engine.audit_event(
+                        "tls_refused",
+                        None,
+                        &format!("peer {peer_addr}: unreadable certificate: {e}"),
+                    );
+                    return;
+                }
+                None => {
+                    engine.audit_event(
+                        "tls_refused",
+                        None,
+                        &format!("peer {peer_addr}: no client certificate"),
+                    );
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(app.layer(Extension(Arc::new(identity))));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(peer = %peer_addr, "connection ended: {e}");
+            }
+        });
+    }
+}

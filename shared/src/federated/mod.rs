@@ -1,0 +1,28 @@
+//! The model side of federation: turning burn modules into the wire's tensor
+//! maps and back, building a job's initial global model, and one site's local
+//! work for a round (train, then report the delta Δ = w_local − w_global).
+//!
+//! Nothing here touches the network or the disk: the site agent decides where
+//! the global model comes from and where the update goes.
+
+mod local;
+mod model_io;
+mod recipe;
+
+pub use local::{LocalUpdate, SiteExams, evaluate_global, train_round};
+pub use model_io::{from_tensor_map, to_tensor_map};
+pub use recipe::{JobOptions, initial_model, job_spec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FederatedError {
+    #[error(transparent)]
+    Wire(#[from] crate::wire::WireError),
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+    #[error("model tensors: {0}")]
+    Model(String),
+    #[error("job recipe: {0}")]
+    Recipe(String),
+}

@@ -1,0 +1,235 @@
+//! TLS 1.3 mutual-authentication configuration shared by the aggregator and site agents.
+//!
+//! Both sides trust exactly one CA (the federation's own), so every config here is built
+//! from PEM strings and the ring provider explicitly: nothing depends on the system trust
+//! store or on whichever crypto provider some other crate installed process-wide.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use sha2::{Digest, Sha256};
+
+/// The aggregator API is plain HTTP/1.1 inside TLS; advertising it lets a misconfigured
+/// peer (e.g. one speaking h2 only) fail at the handshake instead of mid-request.
+const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("no certificate in {0} PEM")]
+    NoCertificate(&'static str),
+    #[error("no private key in PEM (expected PKCS#8, SEC1 or PKCS#1)")]
+    NoPrivateKey,
+    #[error("malformed {what} PEM: {source}")]
+    Pem {
+        what: &'static str,
+        #[source]
+        source: pem::Error,
+    },
+    #[error("CA certificate unusable as a trust anchor: {0}")]
+    TrustAnchor(#[source] rustls::Error),
+    #[error("cannot build client-certificate verifier: {0}")]
+    ClientVerifier(#[from] VerifierBuilderError),
+    #[error("certificate and private key rejected (do they belong together?): {0}")]
+    CertKey(#[source] rustls::Error),
+    #[error("TLS configuration: {0}")]
+    Config(#[source] rustls::Error),
+}
+
+/// Server side: only clients holding a certificate from `ca_pem` get past the handshake,
+/// so unauthenticated peers never reach request handling.
+pub fn server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let roots = Arc::new(root_store(ca_pem)?);
+    let chain = load_certs(cert_pem, "server certificate")?;
+    let key = load_key(key_pem)?;
+
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone()).build()?;
+
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(TlsError::CertKey)?;
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Site side: trusts only the federation CA (never the system roots), and always presents
+/// the site certificate because the aggregator refuses anonymous clients.
+///
+/// Returned unwrapped so callers (e.g. an HTTP client builder) can take ownership.
+pub fn client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<ClientConfig, TlsError> {
+    let roots = root_store(ca_pem)?;
+    let chain = load_certs(cert_pem, "client certificate")?;
+    let key = load_key(key_pem)?;
+
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(TlsError::CertKey)?;
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(config)
+}
+
+/// Stable identifier for a certificate that operators can compare by eye and the
+/// aggregator can store; hashing the exact DER means a re-issued certificate for the
+/// same site name gets a different fingerprint.
+pub fn fingerprint(cert_der: &[u8]) -> String {
+    hex::encode(Sha256::digest(cert_der))
+}
+
+/// Key material must never be readable by other users, not even for the instant between
+/// create and chmod, so the mode is set at creation; it is set again afterwards because
+/// `mode()` is ignored when the file already exists (e.g. a world-readable leftover).
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Certificates are public, but they are still fsynced so that a crash right after
+/// issuing cannot leave a key on disk whose certificate was lost.
+pub fn write_public_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o644);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Explicit ring provider: the dependency tree must not pull in aws-lc-rs, and relying
+/// on a process-default provider would make behaviour depend on initialisation order.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn root_store(ca_pem: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(ca_pem, "CA")? {
+        roots.add(cert).map_err(TlsError::TrustAnchor)?;
+    }
+    Ok(roots)
+}
+
+/// An empty result is an error rather than an empty chain: rustls would otherwise fail
+/// later with a message that does not point at the file that was wrong.
+fn load_certs(pem: &str, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem { what, source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(what));
+    }
+    Ok(certs)
+}
+
+fn load_key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|source| match source {
+        pem::Error::NoItemsFound => TlsError::NoPrivateKey,
+        source => TlsError::Pem {
+            what: "private key",
+            source,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_lowercase_sha256_hex() {
+        assert_eq!(
+            fingerprint(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn empty_ca_pem_names_the_ca() {
+        let err = server_config("", "", "").unwrap_err();
+        assert!(matches!(err, TlsError::NoCertificate("CA")), "{err}");
+        assert_eq!(err.to_string(), "no certificate in CA PEM");
+    }
+
+    #[test]
+    fn key_pem_without_key_says_so() {
+        let not_a_key = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let err = load_key(not_a_key).unwrap_err();
+        assert!(matches!(err, TlsError::NoPrivateKey), "{err}");
+        assert!(err.to_string().starts_with("no private key in PEM"));
+    }
+
+    #[test]
+    fn truncated_pem_is_malformed_not_missing() {
+        let truncated = "-----BEGIN CERTIFICATE-----\nAAAA\n";
+        let err = load_certs(truncated, "CA").unwrap_err();
+        assert!(matches!(err, TlsError::Pem { what: "CA", .. }), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_file_is_0600_even_over_a_world_readable_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!(
+            "fedslice-tls-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+
+        let fresh = dir.join("fresh.key");
+        write_private_file(&fresh, b"secret").unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"secret");
+
+        let stale = dir.join("stale.key");
+        std::fs::write(&stale, b"old contents that are longer").unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private_file(&stale, b"new").unwrap();
+        let mode = std::fs::metadata(&stale).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read(&stale).unwrap(), b"new");
+
+        let public = dir.join("cert.pem");
+        write_public_file(&public, b"cert").unwrap();
+        assert_eq!(std::fs::read(&public).unwrap(), b"cert");
+
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,115 @@
+//! Every `site-agent` subcommand and flag.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "site-agent",
+    version,
+    about = "fedslice site agent: trains on this hospital's knee MRI and sends only model updates"
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the compute backends and model presets this build supports, and check the device.
+    Info {
+        /// Device to check: flex (CPU) or wgpu (GPU).
+        #[arg(long, default_value = "flex")]
+        device: String,
+    },
+    /// Join the consortium: wait for work, train locally, upload updates.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Exit when the aggregator has no open jobs (for demos and tests).
+        #[arg(long)]
+        until_idle: bool,
+        /// Seconds each long-poll for work may wait.
+        #[arg(long, default_value_t = 25)]
+        poll_wait: u64,
+    },
+}
+
+pub fn main() -> std::process::ExitCode {
+    dispatch(Cli::parse())
+}
+
+/// Runs the CLI on explicit arguments (the `fedslice` binary embeds it for the demo).
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::process::ExitCode {
+    match Cli::try_parse_from(args) {
+        Ok(cli) => dispatch(cli),
+        Err(e) => e.exit(),
+    }
+}
+
+fn dispatch(cli: Cli) -> std::process::ExitCode {
+    init_tracing(cli.verbose);
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Info { device } => {
+            println!("site-agent {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "backends built: flex{}",
+                if fedslice::device::WGPU_BUILT {
+                    ", wgpu"
+                } else {
+                    ""
+                }
+            );
+            println!(
+                "model presets:  {}",
+                fedslice::model::VitConfig::PRESETS.join(", ")
+            );
+            let kind: fedslice::device::BackendKind = device.parse()?;
+            fedslice::device::open(kind)?;
+            println!("device {kind}: ok");
+            Ok(())
+        }
+        Command::Run {
+            config,
+            until_idle,
+            poll_wait,
+        } => crate::run::run(
+            &config,
+            crate::run::RunOptions {
+                until_idle,
+                poll_wait: Duration::from_secs(poll_wait),
+            },
+        ),
+    }
+}

@@ -1,0 +1,59 @@
+//! `site.toml`: what a site agent needs to run. Relative paths are resolved
+//! against the file's folder, so a bundle can be moved as a whole.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub aggregator_url: String,
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// This site's exams (MRNet layout).
+    pub data: PathBuf,
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default = "default_cache")]
+    pub cache_dir: PathBuf,
+}
+
+fn default_device() -> String {
+    "flex".into()
+}
+
+fn default_cache() -> PathBuf {
+    PathBuf::from("cache")
+}
+
+impl SiteConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config: SiteConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        anyhow::ensure!(
+            config.aggregator_url.starts_with("https://"),
+            "{}: aggregator_url must be an https:// URL, got `{}`",
+            path.display(),
+            config.aggregator_url
+        );
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.ca_cert,
+            &mut config.cert,
+            &mut config.key,
+            &mut config.data,
+            &mut config.cache_dir,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        config.aggregator_url = config.aggregator_url.trim_end_matches('/').to_string();
+        Ok(config)
+    }
+}

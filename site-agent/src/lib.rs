@@ -1,0 +1,15 @@
+//! The site agent: the program a hospital installs. It owns the site's side of
+//! federation: its configuration and TLS bundle, reading its exams, local
+//! training rounds, the outbound-only HTTPS client, and the log of every
+//! payload sent.
+//!
+//! It must never send pixels, headers or identifiers off the site: the only
+//! things it uploads are model deltas, sample counts and aggregate metrics, and
+//! it never opens a listening port.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod payload_log;
+pub mod progress;
+pub mod run;

@@ -1,0 +1,285 @@
+//! `site-agent run`: ingest the site's exams once, then loop: wait for work,
+//! train, upload. Network failures are retried with jittered backoff forever;
+//! a computed update is kept in the outbox until the aggregator acknowledges
+//! it, so a restart re-sends it instead of retraining.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fedslice::data::cohort;
+use fedslice::data::preprocess::{PreparedExam, PreprocessConfig, prepare};
+use fedslice::federated::{SiteExams, train_round};
+use fedslice::protocol::Work;
+use fedslice::wire::{self, DecodeLimits, PayloadKind, PayloadMeta};
+use rand::Rng;
+
+use crate::client::{Client, Refused};
+use crate::config::SiteConfig;
+use crate::payload_log::PayloadLog;
+use crate::progress::Bars;
+
+pub struct RunOptions {
+    /// Exit once the aggregator has no open jobs (demos and tests).
+    pub until_idle: bool,
+    pub poll_wait: Duration,
+}
+
+/// The site's exams, loaded once; prepared once per preprocessing recipe.
+struct SiteData {
+    name: String,
+    raw: Vec<fedslice::data::Exam>,
+    prepared: HashMap<String, Arc<Vec<PreparedExam>>>,
+}
+
+impl SiteData {
+    fn load(dir: &Path) -> anyhow::Result<Self> {
+        let mut sites = cohort::load_sites(dir)
+            .with_context(|| format!("loading exams from {}", dir.display()))?;
+        anyhow::ensure!(
+            sites.len() == 1,
+            "{} holds {} sites' data; a site agent trains on its own site's folder only",
+            dir.display(),
+            sites.len()
+        );
+        let site = sites.remove(0);
+        anyhow::ensure!(
+            !site.train.is_empty(),
+            "{}: no training exams",
+            dir.display()
+        );
+        Ok(Self {
+            name: site.name,
+            raw: site.train,
+            prepared: HashMap::new(),
+        })
+    }
+
+    fn prepared(&mut self, config: &PreprocessConfig) -> anyhow::Result<Arc<Vec<PreparedExam>>> {
+        let key = serde_json::to_string(config)?;
+        if let Some(exams) = self.prepared.get(&key) {
+            return Ok(exams.clone());
+        }
+        let mut exams = Vec::with_capacity(self.raw.len());
+        for exam in &self.raw {
+            match prepare(&exam.id, &exam.volume, exam.label, config) {
+                Ok(p) => exams.push(p),
+                Err(e) => tracing::warn!("skipping exam: {e}"),
+            }
+        }
+        let exams = Arc::new(exams);
+        self.prepared.insert(key, exams.clone());
+        Ok(exams)
+    }
+}
+
+/// Jittered exponential backoff for transient failures.
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { attempt: 0 }
+    }
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+    async fn wait(&mut self, why: &anyhow::Error) {
+        let base = Duration::from_millis(500)
+            .saturating_mul(1 << self.attempt.min(7))
+            .min(Duration::from_secs(60));
+        let jitter = rand::rng().random_range(0.5..1.5);
+        let delay = base.mul_f64(jitter);
+        self.attempt += 1;
+        tracing::warn!("{why:#}; retrying in {:.1} s", delay.as_secs_f64());
+        tokio::time::sleep(delay).await;
+    }
+}
+
+fn outbox_path(cache: &Path, work: &Work) -> PathBuf {
+    cache
+        .join("outbox")
+        .join(format!("{}-r{}.fslw", work.job, work.round))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("part");
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
+    let config = SiteConfig::load(config_path)?;
+    for sub in ["models", "outbox"] {
+        std::fs::create_dir_all(config.cache_dir.join(sub))
+            .with_context(|| format!("creating {}", config.cache_dir.join(sub).display()))?;
+    }
+    let backend: fedslice::device::BackendKind = config.device.parse()?;
+    let device = fedslice::device::open(backend)?;
+    let mut data = SiteData::load(&config.data)?;
+    let cert = std::fs::read(&config.cert)
+        .with_context(|| format!("reading {}", config.cert.display()))?;
+    let salt = u64::from_str_radix(&wire::digest(&cert)[..16], 16).unwrap_or(0);
+    tracing::info!(
+        site = %data.name,
+        exams = data.raw.len(),
+        device = %backend,
+        aggregator = %config.aggregator_url,
+        "site agent ready"
+    );
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let client = Client::new(&config)?;
+        let log = PayloadLog::new(&config.cache_dir);
+        let mut backoff = Backoff::new();
+        let mut last_wait = String::new();
+        loop {
+            let poll = match client.poll(options.poll_wait).await {
+                Ok(poll) => {
+                    backoff.reset();
+                    poll
+                }
+                Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
+                Err(e) => {
+                    backoff.wait(&e).await;
+                    continue;
+                }
+            };
+            match poll.work {
+                Some(work) => {
+                    last_wait.clear();
+                    if let Err(e) =
+                        do_round(&client, &config, &log, &mut data, salt, &device, &work).await
+                    {
+                        match e.downcast_ref::<Refused>() {
+                            // A refusal (stale round, invalid update) will not change on retry: move on.
+                            Some(refused) => {
+                                tracing::warn!(job = %work.job, round = work.round, "{refused}")
+                            }
+                            None => backoff.wait(&e).await,
+                        }
+                    }
+                }
+                None if poll.open_jobs == 0 && options.until_idle => {
+                    tracing::info!("no open jobs; exiting (--until-idle)");
+                    return Ok(());
+                }
+                None => {
+                    let why = poll.waiting_for.unwrap_or_else(|| "a job".into());
+                    if why != last_wait {
+                        tracing::info!("waiting for {why}");
+                        last_wait = why;
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn global_model(client: &Client, cache: &Path, digest: &str) -> anyhow::Result<Vec<u8>> {
+    let path = cache.join("models").join(format!("{digest}.fslw"));
+    if let Ok(bytes) = std::fs::read(&path)
+        && wire::digest(&bytes) == digest
+    {
+        return Ok(bytes);
+    }
+    let bytes = client.model(digest).await?;
+    write_atomic(&path, &bytes)?;
+    Ok(bytes)
+}
+
+async fn do_round(
+    client: &Client,
+    config: &SiteConfig,
+    log: &PayloadLog,
+    data: &mut SiteData,
+    salt: u64,
+    device: &burn::tensor::Device,
+    work: &Work,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let outbox = outbox_path(&config.cache_dir, work);
+    let (payload, metrics) = match std::fs::read(&outbox) {
+        Ok(bytes)
+            if wire::decode_header(&bytes)
+                .is_ok_and(|h| h.base_digest.as_deref() == Some(work.model_digest.as_str())) =>
+        {
+            tracing::info!(job = %work.job, round = work.round, "re-sending the update computed before a restart");
+            let header = wire::decode_header(&bytes)?;
+            (bytes, header.metrics)
+        }
+        _ => {
+            let model = global_model(client, &config.cache_dir, &work.model_digest).await?;
+            let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT)
+                .with_context(|| format!("decoding global model {}", work.model_digest))?;
+            let exams = data.prepared(&work.spec.preprocess)?;
+            let site = SiteExams { exams, salt };
+            let work_owned = work.clone();
+            let device = device.clone();
+            let update = tokio::task::spawn_blocking(move || {
+                train_round(&work_owned, &global, &site, &device, &mut Bars::new())
+            })
+            .await
+            .context("local training panicked")??;
+            let payload = wire::encode(
+                PayloadMeta {
+                    kind: PayloadKind::Update,
+                    job: work.job.clone(),
+                    round: work.round,
+                    base_digest: Some(work.model_digest.clone()),
+                    samples: update.samples,
+                    metrics: update.metrics.clone(),
+                },
+                &update.delta,
+                work.spec.dtype,
+                3,
+            )?;
+            write_atomic(&outbox, &payload)?;
+            (payload, update.metrics)
+        }
+    };
+    let header = wire::decode_header(&payload)?;
+    let digest = wire::digest(&payload);
+    let bytes = payload.len();
+    log.record(&header, bytes, &digest)?;
+    let result = client.upload(payload).await;
+    match &result {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&outbox);
+        }
+        Err(e) if e.downcast_ref::<Refused>().is_some() => {
+            let _ = std::fs::remove_file(&outbox);
+        }
+        Err(_) => {}
+    }
+    let receipt = result?;
+    let loss = match (metrics.get("loss_first"), metrics.get("loss_last")) {
+        (Some(a), Some(b)) => format!("local loss {a:.4} → {b:.4}"),
+        _ => "local loss -".into(),
+    };
+    let auc = metrics
+        .get("val_auc")
+        .map_or(String::new(), |a| format!(", global model val AUC {a:.3}"));
+    println!(
+        "[{}] {} round {}/{} ({}): {loss}{auc}, {} samples, {} bytes sent, {:.1} s; {}/{} sites reported",
+        data.name,
+        work.job,
+        work.round,
+        work.spec.rounds,
+        work.spec.phase,
+        header.samples,
+        bytes,
+        started.elapsed().as_secs_f64(),
+        receipt.reported,
+        receipt.expected
+    );
+    Ok(())
+}

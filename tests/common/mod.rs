@@ -1,0 +1,187 @@
+//! A consortium on loopback for integration tests: an aggregator state folder,
+//! enrolled site bundles and a running `aggregator serve`, all through the
+//! `fedslice` executable (which embeds the aggregator and site-agent CLIs).
+
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn fedslice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fedslice"))
+}
+
+fn check(output: Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub struct Consortium {
+    pub dir: tempfile::TempDir,
+    pub state: PathBuf,
+    pub port: u16,
+    pub url: String,
+    server: Option<Child>,
+}
+
+impl Consortium {
+    pub fn init() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("state");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let url = format!("https://127.0.0.1:{port}");
+        let me = Self {
+            dir,
+            state,
+            port,
+            url,
+            server: None,
+        };
+        me.aggregator(&["init", "--url", &me.url.clone()]);
+        me
+    }
+
+    /// Runs `aggregator --dir STATE <args>` and returns its stdout (panics on failure).
+    pub fn aggregator(&self, args: &[&str]) -> String {
+        let output = self.aggregator_output(args);
+        check(output, &format!("aggregator {}", args.join(" ")))
+    }
+
+    pub fn aggregator_output(&self, args: &[&str]) -> Output {
+        fedslice()
+            .arg("aggregator")
+            .arg("--dir")
+            .arg(&self.state)
+            .args(args)
+            .output()
+            .expect("run aggregator")
+    }
+
+    /// Enrols `name` and points its `site.toml` at `data`; returns the bundle folder.
+    pub fn add_site(&self, name: &str, data: &Path) -> PathBuf {
+        let bundle = self.dir.path().join("sites").join(name);
+        self.aggregator(&["site", "add", name, "--out", &bundle.display().to_string()]);
+        let toml = format!(
+            "aggregator_url = \"{}\"\nca_cert = \"ca.pem\"\ncert = \"site.pem\"\nkey = \"site.key\"\ndata = \"{}\"\ncache_dir = \"cache\"\n",
+            self.url,
+            data.display()
+        );
+        std::fs::write(bundle.join("site.toml"), toml).expect("write site.toml");
+        bundle
+    }
+
+    pub fn serve(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("aggregator.log")).expect("log file");
+        let child = fedslice()
+            .arg("aggregator")
+            .arg("--dir")
+            .arg(&self.state)
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start aggregator");
+        self.server = Some(child);
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "aggregator did not start listening: {}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("aggregator.log")).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.aggregator(&["status", "--json"])).expect("status JSON")
+    }
+
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.aggregator(&["audit", "--json", "--limit", "10000"]))
+            .expect("audit JSON")
+    }
+
+    /// Starts `site-agent run --until-idle` for a bundle.
+    pub fn spawn_agent(&self, bundle: &Path) -> Child {
+        let log = std::fs::File::create(bundle.join("agent.log")).expect("log file");
+        fedslice()
+            .args([
+                "site-agent",
+                "run",
+                "--until-idle",
+                "--poll-wait",
+                "2",
+                "--config",
+            ])
+            .arg(bundle.join("site.toml"))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start site agent")
+    }
+}
+
+impl Drop for Consortium {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits for `child` with a deadline, killing it on timeout.
+pub fn wait_for(mut child: Child, limit: Duration, what: &str) -> Output {
+    let started = Instant::now();
+    loop {
+        if let Some(_status) = child.try_wait().expect("poll child") {
+            return child.wait_with_output().expect("collect child output");
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect child output");
+            panic!(
+                "{what} did not finish within {limit:?}; stdout:\n{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn phantom(out: &Path, sites: usize, exams: usize, seed: u64) {
+    let output = fedslice()
+        .arg("phantom")
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--sites",
+            &sites.to_string(),
+            "--exams-per-site",
+            &exams.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--image-size",
+            "64",
+            "--valid-fraction",
+            "0.25",
+        ])
+        .output()
+        .expect("run phantom");
+    check(output, "phantom");
+}
