@@ -26,8 +26,25 @@ pub enum Command {
     Train(TrainArgs),
     /// Measure training-step time and mask-generation throughput.
     Bench(BenchArgs),
+    /// Score a saved classifier on a cohort's held-out (valid/) exams.
+    Evaluate(EvaluateArgs),
     /// One-machine federated demo: aggregator + one agent per site over mutual TLS on loopback.
     Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    /// Model folder (model.safetensors + config.json), from `train` or `aggregator export`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Cohort folder: one MRNet-layout site or a folder of sites.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+    /// Print JSON instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

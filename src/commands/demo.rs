@@ -363,11 +363,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     ])?;
     let device = device::open(BackendKind::Flex)?;
     let (classifier, meta) = load_classifier(&model_dir, &device)?;
-    let test: Vec<PreparedExam> = sites
-        .iter()
-        .flat_map(|s| prepare_all(&s.valid, &s.name, &meta.preprocess))
-        .filter(|e| e.label.is_some())
-        .collect();
+    let test = super::evaluate::held_out(&sites, &meta.preprocess);
     let labels: Vec<bool> = test.iter().filter_map(|e| e.label).collect();
     let scores = train::predict(&classifier, &test, &device);
     let federated = metrics::evaluate(&scores, &labels, meta.threshold, 1000, 0)?;

@@ -164,7 +164,7 @@ pub fn wait_for(mut child: Child, limit: Duration, what: &str) -> Output {
     }
 }
 
-pub fn phantom(out: &Path, sites: usize, exams: usize, seed: u64) {
+pub fn phantom(out: &Path, sites: usize, exams: usize, seed: u64, image_size: usize) {
     let output = fedslice()
         .arg("phantom")
         .arg("--out")
@@ -177,7 +177,7 @@ pub fn phantom(out: &Path, sites: usize, exams: usize, seed: u64) {
             "--seed",
             &seed.to_string(),
             "--image-size",
-            "64",
+            &image_size.to_string(),
             "--valid-fraction",
             "0.25",
         ])

@@ -1,0 +1,213 @@
+//! The aggregator's acceptance rules for uploaded updates, driven directly on
+//! the engine (no network): every broken or hostile update is refused with a
+//! precise reason and an audit entry, and none of them changes the global
+//! model, which ends up exactly `base + Δ` of the one honest update.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aggregator::engine::{Engine, Rejection};
+use clap::Parser;
+use fedslice::wire::{self, Dtype, PayloadHeader, PayloadKind, PayloadMeta, TensorMap};
+use sha2::Digest;
+
+fn cli(dir: &Path, args: &[&str]) {
+    let mut argv = vec!["aggregator", "--dir", dir.to_str().expect("utf-8 path")];
+    argv.extend_from_slice(args);
+    aggregator::cli::run(aggregator::cli::Cli::try_parse_from(argv).expect("arguments"))
+        .expect("command");
+}
+
+fn update(job: &str, round: u32, base: &str, delta: &TensorMap) -> Vec<u8> {
+    wire::encode(
+        PayloadMeta {
+            kind: PayloadKind::Update,
+            job: job.into(),
+            round,
+            base_digest: Some(base.into()),
+            samples: 10,
+            metrics: BTreeMap::new(),
+        },
+        delta,
+        Dtype::F32,
+        3,
+    )
+    .expect("encode")
+}
+
+/// A payload built by hand, bypassing the encoder's own checks (as a hostile site would).
+fn raw_update(job: &str, round: u32, base: &str, delta: &TensorMap) -> Vec<u8> {
+    let body = zstd::encode_all(
+        &delta.to_safetensors(Dtype::F32).expect("safetensors")[..],
+        3,
+    )
+    .expect("zstd");
+    let header = PayloadHeader {
+        protocol: wire::PROTOCOL_VERSION,
+        kind: PayloadKind::Update,
+        job: job.into(),
+        round,
+        base_digest: Some(base.into()),
+        samples: 10,
+        dtype: Dtype::F32,
+        metrics: BTreeMap::new(),
+        body_sha256: hex::encode(sha2::Sha256::digest(&body)),
+        body_len: body.len() as u64,
+        num_tensors: delta.len(),
+    };
+    let json = serde_json::to_vec(&header).expect("header");
+    let mut out = b"FSLW".to_vec();
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&body);
+    out
+}
+
+fn filled(schema_of: &TensorMap, value: f32) -> TensorMap {
+    let mut map = TensorMap::new();
+    for (name, t) in schema_of.iter() {
+        map.insert(name, t.shape().to_vec(), vec![value; t.data().len()])
+            .expect("insert");
+    }
+    map
+}
+
+#[test]
+fn hostile_updates_are_refused_and_leave_the_model_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    cli(&state, &["init", "--url", "https://127.0.0.1:9"]);
+    cli(
+        &state,
+        &[
+            "site",
+            "add",
+            "site-a",
+            "--out",
+            dir.path().join("a").to_str().expect("path"),
+        ],
+    );
+    cli(
+        &state,
+        &[
+            "job",
+            "create",
+            "--phase",
+            "pretrain",
+            "--rounds",
+            "2",
+            "--min-sites",
+            "1",
+        ],
+    );
+    let engine = Engine::open(&state, 64 << 20).expect("engine");
+    assert!(engine.tick().expect("start job"), "the pending job starts");
+    let job = engine
+        .state()
+        .running_job()
+        .expect("db")
+        .expect("running job");
+    let round = engine
+        .state()
+        .open_round(&job.id)
+        .expect("db")
+        .expect("round 1");
+    let base = round.base_digest.clone();
+    let (_, global) = engine.load_model(&base).expect("global model");
+
+    let honest = filled(&global, 1e-3);
+    let accept = |bytes: &[u8]| engine.accept_update("site-a", bytes);
+    let refused = |bytes: &[u8], expect: &str| match accept(bytes) {
+        Err(rejection) => {
+            let message = rejection.to_string();
+            assert!(
+                message.contains(expect),
+                "expected `{expect}` in: {message}"
+            );
+            engine.record_rejection("site-a", &rejection);
+            rejection
+        }
+        Ok(receipt) => panic!("accepted a hostile update: {receipt:?}"),
+    };
+
+    // Wrong job, wrong round, wrong base model.
+    refused(&update("job-9", 1, &base, &honest), "does not exist");
+    refused(&update(&job.id, 2, &base, &honest), "round 1 is open");
+    refused(
+        &update(&job.id, 1, &"0".repeat(64), &honest),
+        "was computed from model",
+    );
+    // Broken content: a flipped byte, a wrong protocol version, NaN, Inf, wrong names or shapes, absurd norm.
+    let mut flipped = update(&job.id, 1, &base, &honest);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0xff;
+    refused(&flipped, "digest");
+    let mut versioned = update(&job.id, 1, &base, &honest);
+    let text = String::from_utf8_lossy(&versioned).replace("\"protocol\":1", "\"protocol\":7");
+    versioned = text.into_bytes();
+    refused(&versioned, "version 7");
+    let mut nan = honest.clone();
+    let first = nan.names().next().expect("a tensor").to_string();
+    nan.get_mut(&first).expect("tensor").data_mut()[0] = f32::NAN;
+    refused(&raw_update(&job.id, 1, &base, &nan), "non-finite");
+    let mut inf = honest.clone();
+    inf.get_mut(&first).expect("tensor").data_mut()[0] = f32::INFINITY;
+    refused(&raw_update(&job.id, 1, &base, &inf), "non-finite");
+    let mut renamed = honest.clone();
+    let tensor = renamed.remove(&first).expect("tensor");
+    let (shape, data) = tensor.into_parts();
+    renamed
+        .insert("encoder.evil", shape.clone(), data.clone())
+        .expect("insert");
+    refused(
+        &raw_update(&job.id, 1, &base, &renamed),
+        &format!("`{first}` is missing"),
+    );
+    let mut reshaped = honest.clone();
+    reshaped.remove(&first);
+    reshaped
+        .insert(first.clone(), vec![1, data.len()], data)
+        .expect("insert");
+    let rejection = refused(&raw_update(&job.id, 1, &base, &reshaped), &first);
+    assert!(matches!(rejection, Rejection::Unprocessable(_)));
+    refused(
+        &update(&job.id, 1, &base, &filled(&global, 1e3)),
+        "exceeds the job's bound",
+    );
+
+    // The honest update counts; a retry is a duplicate; a different one is refused.
+    let honest_bytes = update(&job.id, 1, &base, &honest);
+    let receipt = accept(&honest_bytes).expect("honest update");
+    assert!(!receipt.duplicate);
+    assert!(accept(&honest_bytes).expect("retry").duplicate);
+    refused(
+        &update(&job.id, 1, &base, &filled(&global, 2e-3)),
+        "already sent a different update",
+    );
+
+    // One active site reported: the round closes with base + Δ exactly.
+    assert!(engine.tick().expect("close round"));
+    let closed = engine
+        .state()
+        .round(&job.id, 1)
+        .expect("db")
+        .expect("round 1");
+    assert_eq!(closed.status, "closed");
+    let (_, next) = engine
+        .load_model(closed.result_digest.as_deref().expect("result"))
+        .expect("new model");
+    let mut expected = global.clone();
+    expected.add_scaled(&honest, 1.0).expect("add");
+    for ((name, a), (_, b)) in next.iter().zip(expected.iter()) {
+        assert_eq!(a.data(), b.data(), "{name} differs from base + Δ");
+    }
+    // A stale update for the closed round is refused, not counted.
+    refused(&update(&job.id, 1, &base, &honest), "stale");
+
+    let audit = engine.state().audit_log(1000).expect("audit");
+    let refusals = audit
+        .iter()
+        .filter(|a| a.event == "request_refused")
+        .count();
+    assert_eq!(refusals, 12, "every refusal is audited: {audit:#?}");
+}
