@@ -176,4 +176,8 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of training steps: time decoding + streaming FedAvg of this many
+    /// site updates per preset (comma-separated), and bytes per update in f32/f16/bf16.
+    #[arg(long, value_delimiter = ',')]
+    pub aggregation_sites: Vec<usize>,
 }

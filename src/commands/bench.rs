@@ -1,9 +1,55 @@
 use fedslice::bench::{self, BenchRow};
 use fedslice::device::{self, BackendKind};
+use fedslice::wire::Dtype;
 
 use crate::cli::BenchArgs;
 
+fn run_aggregation(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for preset in &args.presets {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+            let sites: &[usize] = if dtype == Dtype::F32 {
+                &args.aggregation_sites
+            } else {
+                &[1]
+            };
+            for &n in sites {
+                tracing::info!(%preset, sites = n, %dtype, "timing aggregation");
+                rows.push(bench::aggregation(preset, n, dtype).map_err(anyhow::Error::msg)?);
+            }
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "aggregation": rows }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:>6} {:>6} {:>10} {:>14} {:>10} {:>10} {:>12}",
+        "preset", "dtype", "sites", "model MB", "bytes/update", "seconds", "MB/s", "peak RSS MB"
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:>6} {:>6} {:>10.1} {:>14} {:>10.2} {:>10.1} {:>12}",
+            r.preset,
+            r.dtype,
+            r.sites,
+            r.model_mb,
+            r.bytes_per_update,
+            r.seconds,
+            r.mb_per_second,
+            r.peak_rss_mb.map_or("-".into(), |m| format!("{m:.0}"))
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.aggregation_sites.is_empty() {
+        return run_aggregation(&args);
+    }
     let mut rows: Vec<BenchRow> = Vec::new();
     for name in &args.device {
         let backend: BackendKind = name.parse()?;
