@@ -137,6 +137,9 @@ pub struct JobArgs {
     /// Scale every site's update down to this L2 norm before aggregating.
     #[arg(long)]
     pub clip_update_norm: Option<f64>,
+    /// FedProx μ: sites pull their weights towards the global model during local training (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub fedprox_mu: f64,
     /// transformer or max slice pooling (finetune).
     #[arg(long, default_value = "transformer")]
     pub pooling: SlicePooling,
@@ -336,6 +339,7 @@ fn create_job(dir: &Path, args: &JobArgs) -> anyhow::Result<()> {
         aggregation,
         server_optimizer,
         clip_update_norm: args.clip_update_norm,
+        fedprox_mu: args.fedprox_mu,
         seed: args.seed,
     })?;
     let id = state.create_job(&spec)?;

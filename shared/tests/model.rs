@@ -179,34 +179,9 @@ fn loading_weights_of_another_architecture_fails_clearly() {
 
 #[test]
 fn classifier_fits_a_small_labelled_batch() {
-    use fedslice::data::preprocess::PreparedExam;
     use fedslice::train::{FinetuneConfig, NoProgress, finetune, predict};
     let d = device();
-    // Eight random "exams"; the positives carry a bright square in one slice,
-    // which the classifier must learn to find.
-    let exams: Vec<PreparedExam> = (0..8)
-        .map(|i| {
-            let depth = 3 + i % 3;
-            let mut pixels: Vec<f32> = (0..depth * 64 * 64)
-                .map(|j| (((j * 2654435761usize + i * 97) % 1000) as f32 / 1000.0) - 0.5)
-                .collect();
-            let torn = i % 2 == 0;
-            if torn {
-                for y in 20..36 {
-                    for x in 20..36 {
-                        pixels[64 * 64 + y * 64 + x] = 3.0;
-                    }
-                }
-            }
-            PreparedExam {
-                id: format!("e{i}"),
-                depth,
-                side: 64,
-                pixels,
-                label: Some(torn),
-            }
-        })
-        .collect();
+    let exams = toy_exams();
     for pooling in [SlicePooling::Transformer, SlicePooling::Max] {
         let model = ExamClassifier::new(&ClassifierConfig::new(test_config(), pooling), &d);
         let config = FinetuneConfig {
@@ -233,4 +208,68 @@ fn classifier_fits_a_small_labelled_batch() {
             );
         }
     }
+}
+
+/// Eight random "exams"; the positives carry a bright square in one slice,
+/// which a classifier must learn to find.
+fn toy_exams() -> Vec<fedslice::data::preprocess::PreparedExam> {
+    use fedslice::data::preprocess::PreparedExam;
+    (0..8)
+        .map(|i| {
+            let depth = 3 + i % 3;
+            let mut pixels: Vec<f32> = (0..depth * 64 * 64)
+                .map(|j| (((j * 2654435761usize + i * 97) % 1000) as f32 / 1000.0) - 0.5)
+                .collect();
+            let torn = i % 2 == 0;
+            if torn {
+                for y in 20..36 {
+                    for x in 20..36 {
+                        pixels[64 * 64 + y * 64 + x] = 3.0;
+                    }
+                }
+            }
+            PreparedExam {
+                id: format!("e{i}"),
+                depth,
+                side: 64,
+                pixels,
+                label: Some(torn),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn fedprox_keeps_local_training_near_the_global_weights() {
+    use fedslice::federated::to_tensor_map;
+    use fedslice::train::{FinetuneConfig, NoProgress, finetune};
+    let d = device();
+    let exams = toy_exams();
+    let config = ClassifierConfig::new(test_config(), SlicePooling::Max);
+    d.seed(5);
+    let global = ExamClassifier::new(&config, &d);
+    let start = to_tensor_map(&global).expect("tensors");
+    let drift = |mu: f64| {
+        let train = FinetuneConfig {
+            epochs: 5,
+            lr: 3e-3,
+            warmup_epochs: 0.0,
+            proximal_mu: mu,
+            ..FinetuneConfig::default()
+        };
+        let (local, _) =
+            finetune(global.clone(), &exams, &train, &d, &mut NoProgress).expect("fine-tunes");
+        to_tensor_map(&local)
+            .expect("tensors")
+            .sub(&start)
+            .expect("same schema")
+            .l2_norm()
+    };
+    let (free, proximal) = (drift(0.0), drift(100.0));
+    eprintln!("weight drift after 5 epochs: plain {free:.4}, FedProx mu=100 {proximal:.4}");
+    assert!(free > 0.0, "training moved the weights");
+    assert!(
+        proximal < 0.7 * free,
+        "FedProx μ=100 drifted {proximal:.4}, plain {free:.4}"
+    );
 }

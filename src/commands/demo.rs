@@ -145,6 +145,7 @@ fn options(
         aggregation: Aggregation::Fedavg,
         server_optimizer: ServerOptimizer::Sgd { lr: 1.0 },
         clip_update_norm: None,
+        fedprox_mu: 0.0,
         seed: 0,
     }
 }

@@ -28,6 +28,8 @@ pub struct JobOptions {
     pub aggregation: Aggregation,
     pub server_optimizer: ServerOptimizer,
     pub clip_update_norm: Option<f64>,
+    /// FedProx μ for the sites' local training (0 = plain FedAvg).
+    pub fedprox_mu: f64,
     pub seed: u64,
 }
 
@@ -38,6 +40,12 @@ pub fn job_spec(options: &JobOptions) -> Result<JobSpec, FederatedError> {
         return Err(FederatedError::Recipe(
             "rounds, local epochs and min-sites must each be at least 1".into(),
         ));
+    }
+    if !(0.0..=1e3).contains(&options.fedprox_mu) {
+        return Err(FederatedError::Recipe(format!(
+            "--fedprox-mu must be in [0, 1000], got {}",
+            options.fedprox_mu
+        )));
     }
     if options.phase == Phase::Pretrain && options.init_from.is_some() {
         return Err(FederatedError::Recipe(
@@ -57,6 +65,7 @@ pub fn job_spec(options: &JobOptions) -> Result<JobSpec, FederatedError> {
         pretrain: PretrainConfig {
             epochs: options.local_epochs,
             seed: options.seed,
+            proximal_mu: options.fedprox_mu,
             ..PretrainConfig::default()
         },
         finetune: FinetuneConfig {
@@ -64,6 +73,7 @@ pub fn job_spec(options: &JobOptions) -> Result<JobSpec, FederatedError> {
             exams_per_step: 1,
             lr: 3e-4,
             seed: options.seed,
+            proximal_mu: options.fedprox_mu,
             ..FinetuneConfig::default()
         },
         rounds: options.rounds,

@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
-use super::optimizer::Optimizer;
+use super::optimizer::{Optimizer, ProximalAnchor};
 use super::progress::Progress;
 use super::schedule::{CosineSchedule, ScheduleWindow};
 use crate::data::preprocess::PreparedExam;
@@ -33,6 +33,9 @@ pub struct FinetuneConfig {
     pub seed: u64,
     #[serde(default)]
     pub schedule: ScheduleWindow,
+    /// FedProx μ (0 = off): pull towards the starting weights after every step.
+    #[serde(default)]
+    pub proximal_mu: f64,
 }
 
 impl Default for FinetuneConfig {
@@ -49,6 +52,7 @@ impl Default for FinetuneConfig {
             flip: false,
             seed: 0,
             schedule: ScheduleWindow::default(),
+            proximal_mu: 0.0,
         }
     }
 }
@@ -129,6 +133,7 @@ pub fn finetune(
     let train_device = device.clone().autodiff();
     let mut model = model.to_device(&train_device).train();
     let mut optimizer = Optimizer::adamw(config.clip_grad_norm);
+    let anchor = (config.proximal_mu > 0.0).then(|| ProximalAnchor::capture(&model));
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut report = FinetuneReport {
         epoch_losses: Vec::new(),
@@ -161,12 +166,11 @@ pub fn finetune(
                     value,
                 });
             }
-            model = optimizer.step(
-                model,
-                loss,
-                lr.value(offset + report.steps),
-                config.weight_decay,
-            );
+            let step_lr = lr.value(offset + report.steps);
+            model = optimizer.step(model, loss, step_lr, config.weight_decay);
+            if let Some(anchor) = &anchor {
+                model = anchor.pull(model, step_lr * config.proximal_mu);
+            }
             report.steps += 1;
             sum += value;
             progress.step(value);

@@ -9,7 +9,7 @@ mod progress;
 mod schedule;
 
 pub use finetune::{FinetuneConfig, FinetuneReport, finetune, predict};
-pub use optimizer::Optimizer;
+pub use optimizer::{Optimizer, ProximalAnchor};
 pub use pretrain::{PretrainConfig, PretrainReport, pretrain};
 pub use progress::{NoProgress, Progress};
 pub use schedule::{CosineSchedule, ScheduleWindow};

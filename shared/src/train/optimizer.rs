@@ -5,7 +5,9 @@
 //! burn's AdamW takes a fixed decay, so the Adam update runs with decay 0 and the
 //! decay `w ← w·(1 − lr·wd)` is applied right after it by a module mapper.
 
-use burn::module::{Module, ModuleMapper, Param};
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
@@ -50,5 +52,69 @@ impl ModuleMapper for DecayWeights {
         // Scale the plain tensor and re-wrap it as a fresh leaf, as burn's own
         // optimiser does; scaling the tracked tensor would make it a graph node.
         param.map(|t| Tensor::from_inner(t.inner().mul_scalar(factor)).require_grad())
+    }
+}
+
+/// FedProx's proximal term μ/2·‖w − w_global‖², applied as a decoupled step
+/// after each optimiser update, `w ← w − lr·μ·(w − w_global)`, so local
+/// training on non-IID data cannot drift arbitrarily far from the global model
+/// (Li et al., 2020). The anchor is the model as it was when training started.
+pub struct ProximalAnchor {
+    anchors: HashMap<ParamId, Tensor<1>>,
+}
+
+impl ProximalAnchor {
+    pub fn capture<M: Module>(model: &M) -> Self {
+        let mut collect = CollectAnchors {
+            anchors: HashMap::new(),
+        };
+        model.visit(&mut collect);
+        Self {
+            anchors: collect.anchors,
+        }
+    }
+
+    /// Pulls every parameter towards its anchor by `rate` (= lr·μ).
+    pub fn pull<M: Module>(&self, model: M, rate: f64) -> M {
+        if rate <= 0.0 {
+            return model;
+        }
+        model.map(&mut PullTowards {
+            anchors: &self.anchors,
+            rate: rate.min(1.0) as f32,
+        })
+    }
+}
+
+struct CollectAnchors {
+    anchors: HashMap<ParamId, Tensor<1>>,
+}
+
+impl ModuleVisitor for CollectAnchors {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        let n = value.shape().num_elements();
+        self.anchors
+            .insert(param.id, Tensor::from_inner(value.inner().reshape([n])));
+    }
+}
+
+struct PullTowards<'a> {
+    anchors: &'a HashMap<ParamId, Tensor<1>>,
+    rate: f32,
+}
+
+impl ModuleMapper for PullTowards<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(anchor) = self.anchors.get(&param.id) else {
+            return param;
+        };
+        let rate = self.rate;
+        let anchor = anchor.clone();
+        param.map(|t| {
+            let w = t.inner();
+            let a = anchor.reshape(w.shape());
+            Tensor::from_inner(w.clone() - (w - a) * rate).require_grad()
+        })
     }
 }

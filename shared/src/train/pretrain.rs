@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use super::optimizer::Optimizer;
+use super::optimizer::ProximalAnchor;
 use super::progress::Progress;
 use super::schedule::CosineSchedule;
 use super::schedule::ScheduleWindow;
@@ -33,6 +34,9 @@ pub struct PretrainConfig {
     pub seed: u64,
     #[serde(default)]
     pub schedule: ScheduleWindow,
+    /// FedProx μ (0 = off): pull towards the starting weights after every step.
+    #[serde(default)]
+    pub proximal_mu: f64,
 }
 
 impl Default for PretrainConfig {
@@ -50,6 +54,7 @@ impl Default for PretrainConfig {
             augment: AugmentConfig::default(),
             seed: 0,
             schedule: ScheduleWindow::default(),
+            proximal_mu: 0.0,
         }
     }
 }
@@ -137,6 +142,7 @@ pub fn pretrain(
     let train_device = device.clone().autodiff();
     let mut model = model.to_device(&train_device).train();
     let mut optimizer = Optimizer::adamw(config.clip_grad_norm);
+    let anchor = (config.proximal_mu > 0.0).then(|| ProximalAnchor::capture(&model));
     let mut report = PretrainReport {
         epoch_losses: Vec::with_capacity(config.epochs),
         steps: 0,
@@ -163,6 +169,9 @@ pub fn pretrain(
         }
         let at = offset + report.steps;
         model = optimizer.step(model, loss, lr.value(at), wd.value(at));
+        if let Some(anchor) = &anchor {
+            model = anchor.pull(model, lr.value(at) * config.proximal_mu);
+        }
         report.steps += 1;
         epoch_sum += value;
         epoch_count += 1;
