@@ -180,4 +180,8 @@ pub struct BenchArgs {
     /// site updates per preset (comma-separated), and bytes per update in f32/f16/bf16.
     #[arg(long, value_delimiter = ',')]
     pub aggregation_sites: Vec<usize>,
+    /// Instead of training steps: per-round overhead (everything but local
+    /// training) of this many sites on loopback, first preset, 3 rounds.
+    #[arg(long)]
+    pub round_overhead_sites: Option<usize>,
 }

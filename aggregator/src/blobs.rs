@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fedslice::wire;
 
@@ -69,10 +70,13 @@ impl BlobStore {
         };
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("{digest}.{}", std::process::id()));
+        // Unique per writer: two sites may upload identical bytes at once.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.root.join("tmp").join(format!(
+            "{digest}.{}.{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         let result = (|| {
             let mut file = std::fs::File::create(&tmp)?;
             file.write_all(bytes)?;

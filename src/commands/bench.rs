@@ -50,6 +50,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.aggregation_sites.is_empty() {
         return run_aggregation(&args);
     }
+    if let Some(sites) = args.round_overhead_sites {
+        let preset = args.presets.first().map_or("test", String::as_str);
+        let work =
+            std::env::temp_dir().join(format!("fedslice-round-bench-{}", std::process::id()));
+        let result = super::round_bench::run(sites, preset, 3, &work);
+        let _ = std::fs::remove_dir_all(&work);
+        let result = result?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        } else {
+            println!(
+                "{} sites, preset {}, {} bytes per update: round overhead {} s",
+                result.sites,
+                result.preset,
+                result.update_bytes,
+                result
+                    .round_seconds
+                    .iter()
+                    .map(|s| format!("{s:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        return Ok(());
+    }
     let mut rows: Vec<BenchRow> = Vec::new();
     for name in &args.device {
         let backend: BackendKind = name.parse()?;

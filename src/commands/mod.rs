@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod evaluate;
 mod phantom;
+mod round_bench;
 mod train;
 
 use crate::cli::Command;

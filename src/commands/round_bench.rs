@@ -1,0 +1,184 @@
+//! `fedslice bench --round-overhead-sites N`: the cost of a federated round
+//! apart from local training. An aggregator process and N in-process site
+//! clients (each with its own certificate, over mutual TLS on loopback) run
+//! rounds in which every site fetches the global model and at once uploads
+//! an update of the model's size; the time from a round opening to the next one opening is
+//! the protocol's overhead: polling, model download, encoding, upload,
+//! validation, durable storage and aggregation.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use fedslice::wire::{self, DecodeLimits, PayloadKind, PayloadMeta, TensorMap};
+use site_agent::client::Client;
+use site_agent::config::SiteConfig;
+
+#[derive(Debug, serde::Serialize)]
+pub struct RoundOverhead {
+    pub sites: usize,
+    pub preset: String,
+    pub rounds: u32,
+    pub update_bytes: usize,
+    pub round_seconds: Vec<f64>,
+}
+
+fn fedslice(args: &[&str]) -> anyhow::Result<String> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()?;
+    anyhow::ensure!(out.status.success(), "fedslice {} failed", args.join(" "));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn site_round(client: &Client, round: u32) -> anyhow::Result<usize> {
+    loop {
+        let poll = client.poll(Duration::from_secs(5)).await?;
+        let Some(work) = poll.work else {
+            continue;
+        };
+        if work.round < round {
+            continue;
+        }
+        let model = client.model(&work.model_digest).await?;
+        let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT)?;
+        // Small pseudo-random values: an update of realistic (incompressible) size.
+        let mut update = TensorMap::new();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for (name, t) in global.iter() {
+            let data = (0..t.data().len())
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 40) as f32 / (1u64 << 24) as f32 * 2e-3 - 1e-3
+                })
+                .collect();
+            update.insert(name, t.shape().to_vec(), data)?;
+        }
+        let payload = wire::encode(
+            PayloadMeta {
+                kind: PayloadKind::Update,
+                job: work.job.clone(),
+                round: work.round,
+                base_digest: Some(work.model_digest.clone()),
+                samples: 1,
+                metrics: Default::default(),
+            },
+            &update,
+            work.spec.dtype,
+            3,
+        )?;
+        let bytes = payload.len();
+        client.upload(payload).await?;
+        return Ok(bytes);
+    }
+}
+
+pub fn run(sites: usize, preset: &str, rounds: u32, work: &Path) -> anyhow::Result<RoundOverhead> {
+    std::fs::create_dir_all(work)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    let state = work.join("state");
+    let state_s = state.display().to_string();
+    fedslice(&["aggregator", "--dir", &state_s, "init", "--url", &url])?;
+    let mut clients = Vec::new();
+    for i in 0..sites {
+        let name = format!("site-{i:02}");
+        let bundle = work.join(&name);
+        fedslice(&[
+            "aggregator",
+            "--dir",
+            &state_s,
+            "site",
+            "add",
+            &name,
+            "--out",
+            &bundle.display().to_string(),
+        ])?;
+        clients.push(SiteConfig {
+            aggregator_url: url.clone(),
+            ca_cert: bundle.join("ca.pem"),
+            cert: bundle.join("site.pem"),
+            key: bundle.join("site.key"),
+            data: bundle.clone(),
+            device: "flex".into(),
+            cache_dir: bundle.join("cache"),
+        });
+    }
+    fedslice(&[
+        "aggregator",
+        "--dir",
+        &state_s,
+        "job",
+        "create",
+        "--phase",
+        "pretrain",
+        "--preset",
+        preset,
+        "--rounds",
+        &rounds.to_string(),
+        "--min-sites",
+        &sites.to_string(),
+    ])?;
+    let mut server = Command::new(std::env::current_exe()?)
+        .args([
+            "aggregator",
+            "--dir",
+            &state_s,
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the aggregator")?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(async {
+        let clients = clients
+            .iter()
+            .map(Client::new)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Wait until the service answers.
+        let started = Instant::now();
+        while clients[0].poll(Duration::from_secs(0)).await.is_err() {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "aggregator did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut round_seconds = Vec::new();
+        let mut update_bytes = 0;
+        for round in 1..=rounds {
+            let t = Instant::now();
+            let sizes =
+                futures_util::future::try_join_all(clients.iter().map(|c| site_round(c, round)))
+                    .await?;
+            update_bytes = sizes.first().copied().unwrap_or(0);
+            // The round is over once the next one is open (or the job has finished).
+            loop {
+                let poll = clients[0].poll(Duration::from_secs(5)).await?;
+                if poll.open_jobs == 0 || poll.work.as_ref().is_some_and(|w| w.round > round) {
+                    break;
+                }
+            }
+            round_seconds.push(t.elapsed().as_secs_f64());
+        }
+        Ok(RoundOverhead {
+            sites,
+            preset: preset.to_string(),
+            rounds,
+            update_bytes,
+            round_seconds,
+        })
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
