@@ -81,7 +81,11 @@ impl Consortium {
     }
 
     pub fn serve(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("aggregator.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("aggregator.log"))
+            .expect("log file");
         let child = fedslice()
             .arg("aggregator")
             .arg("--dir")
@@ -100,6 +104,14 @@ impl Consortium {
                 self.server_log()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or clean up, like a power cut.
+    pub fn kill_server(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
