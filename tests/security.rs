@@ -129,3 +129,57 @@ fn only_enrolled_active_sites_with_their_current_certificate_get_in() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_flooding_site_is_throttled_with_one_audit_entry() {
+    let mut consortium = Consortium::init();
+    let site = consortium.add_site("site-a", &consortium.dir.path().join("no-data"));
+    consortium.serve();
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(&p).expect("read PEM");
+    let ca_pem = read(consortium.state.join("pki/ca.pem"));
+    let cert = Issued::from_pem(&read(site.join("site.pem")), &read(site.join("site.key")))
+        .expect("bundle");
+    let client = with_cert(&ca_pem, &cert);
+    let url = format!("{}/v1/health", consortium.url);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let codes: Vec<u16> = runtime.block_on(async {
+        let mut codes = Vec::new();
+        for _ in 0..150 {
+            codes.push(
+                client
+                    .get(&url)
+                    .send()
+                    .await
+                    .expect("request")
+                    .status()
+                    .as_u16(),
+            );
+        }
+        codes
+    });
+    let ok = codes.iter().filter(|&&c| c == 200).count();
+    let limited = codes.iter().filter(|&&c| c == 429).count();
+    assert_eq!(ok + limited, codes.len(), "only 200 or 429: {codes:?}");
+    assert!(ok >= 60, "the burst allowance is served: {ok}");
+    assert!(limited > 0, "a flood is throttled");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let after = runtime.block_on(async {
+        client
+            .get(&url)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
+    });
+    assert_eq!(after, 200, "the site is served again after slowing down");
+    let audit = consortium.audit();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e["event"] == "rate_limited")
+            .count(),
+        1,
+        "one audit entry per flood"
+    );
+}

@@ -37,6 +37,8 @@ pub enum Rejection {
     Unprocessable(String),
     #[error("upload is larger than the {0}-byte limit")]
     TooLarge(usize),
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -50,6 +52,7 @@ impl Rejection {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,6 +108,21 @@ pub struct Engine {
     pub max_body_bytes: usize,
     schemas: Mutex<HashMap<String, Arc<Schema>>>,
     spool_counter: AtomicU64,
+    rate: Mutex<HashMap<String, Bucket>>,
+}
+
+/// Requests a site may make in a burst, and per second after it. An agent
+/// long-polls (one request per 25 s when idle) and makes two more per round,
+/// so only a broken or hostile client reaches these.
+const BURST: f64 = 60.0;
+const PER_SECOND: f64 = 10.0;
+
+/// A per-site token bucket; `limited` remembers that the refusal was audited,
+/// so a flood yields one audit entry, not one per request.
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+    limited: bool,
 }
 
 impl Engine {
@@ -129,6 +147,7 @@ impl Engine {
             max_body_bytes,
             schemas: Mutex::new(HashMap::new()),
             spool_counter: AtomicU64::new(0),
+            rate: Mutex::new(HashMap::new()),
         })
     }
 
@@ -184,29 +203,59 @@ impl Engine {
     }
 
     pub fn authorise(&self, peer: &PeerIdentity) -> Result<(), Rejection> {
-        let state = self.state();
-        let refuse = |reason: String| {
-            let _ = state.audit("request_refused", Some(&peer.common_name), &reason);
-            tracing::warn!(site = %peer.common_name, "refused: {reason}");
-            Err(Rejection::Forbidden(reason))
-        };
-        match state.site(&peer.common_name).map_err(internal)? {
-            None => refuse(format!(
+        let site = self.state().site(&peer.common_name).map_err(internal)?;
+        let refusal = match site {
+            None => Some(format!(
                 "certificate names `{}`, which is not an enrolled site",
                 peer.common_name
             )),
             Some(site) if site.status != "active" => {
-                refuse(format!("site `{}` has been revoked", site.name))
+                Some(format!("site `{}` has been revoked", site.name))
             }
-            Some(site) if site.fingerprint != peer.fingerprint => refuse(format!(
+            Some(site) if site.fingerprint != peer.fingerprint => Some(format!(
                 "site `{}` presented a certificate that is not its current one",
                 site.name
             )),
-            Some(site) => {
-                state.touch_site(&site.name).map_err(internal)?;
-                Ok(())
-            }
+            Some(_) => None,
+        };
+        if let Some(reason) = refusal {
+            tracing::warn!(site = %peer.common_name, "refused: {reason}");
+            self.audit_event("request_refused", Some(&peer.common_name), &reason);
+            return Err(Rejection::Forbidden(reason));
         }
+        self.take_token(&peer.common_name)?;
+        self.state()
+            .touch_site(&peer.common_name)
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    fn take_token(&self, site: &str) -> Result<(), Rejection> {
+        let mut rate = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let bucket = rate.entry(site.to_string()).or_insert(Bucket {
+            tokens: BURST,
+            at: now,
+            limited: false,
+        });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * PER_SECOND).min(BURST);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            bucket.limited = false;
+            return Ok(());
+        }
+        let reason = format!(
+            "site `{site}` exceeds {PER_SECOND} requests per second (burst {BURST}); slow down"
+        );
+        if !bucket.limited {
+            bucket.limited = true;
+            drop(rate);
+            tracing::warn!(site, "rate limited");
+            self.audit_event("rate_limited", Some(site), &reason);
+        }
+        Err(Rejection::TooManyRequests(reason))
     }
 
     pub fn poll(&self, site: &str) -> Result<PollResponse, Rejection> {

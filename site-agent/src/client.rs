@@ -55,7 +55,8 @@ impl Client {
         let message = serde_json::from_str::<ApiError>(&body)
             .map(|e| e.error)
             .unwrap_or(body);
-        if status.is_client_error() {
+        // 429 and 408 are "try again later", not a verdict on the request.
+        if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408 {
             return Err(Refused {
                 status: status.as_u16(),
                 message,
