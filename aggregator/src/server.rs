@@ -112,17 +112,49 @@ async fn poll_work(
     }
 }
 
+/// The start offset of a `Range: bytes=N-` request (the only form agents send,
+/// to resume a broken download).
+fn range_start(headers: &axum::http::HeaderMap) -> Option<usize> {
+    let value = headers.get(header::RANGE)?.to_str().ok()?;
+    let start = value.strip_prefix("bytes=")?.strip_suffix('-')?;
+    start.parse().ok()
+}
+
 async fn get_model(
     AxumState(engine): AxumState<Arc<Engine>>,
     Extension(Site(site)): Extension<Site>,
     UrlPath(digest): UrlPath<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, Rejection> {
     let bytes = engine.model_bytes(&site, &digest)?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        Bytes::from(bytes),
-    )
-        .into_response())
+    let total = bytes.len();
+    match range_start(&headers) {
+        Some(start) if start < total => Ok((
+            StatusCode::PARTIAL_CONTENT,
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (
+                    header::CONTENT_RANGE,
+                    format!("bytes {start}-{}/{total}", total - 1),
+                ),
+            ],
+            Bytes::from(bytes).slice(start..),
+        )
+            .into_response()),
+        Some(_) => Ok((
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{total}"))],
+        )
+            .into_response()),
+        None => Ok((
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::ACCEPT_RANGES, "bytes".to_string()),
+            ],
+            Bytes::from(bytes),
+        )
+            .into_response()),
+    }
 }
 
 /// Streams the body to a temporary file (bounded by the body limit) so a

@@ -83,21 +83,63 @@ impl Client {
         Ok(Self::check(response).await?.json().await?)
     }
 
-    /// Downloads a global model and checks it is the one asked for.
-    pub async fn model(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
-        let response = self
+    /// Downloads a global model into `partial` (resuming what an earlier,
+    /// broken download left there) and checks it is the one asked for.
+    pub async fn model(&self, digest: &str, partial: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let have = tokio::fs::metadata(partial)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut request = self
             .http
             .get(format!("{}{}/{digest}", self.base, paths::MODELS))
-            .timeout(Duration::from_secs(600))
+            .timeout(Duration::from_secs(600));
+        if have > 0 {
+            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let response = request
             .send()
             .await
             .with_context(|| format!("downloading model {digest} from {}", self.base))?;
-        let bytes = Self::check(response).await?.bytes().await?.to_vec();
+        if response.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+            // What we hold is not a prefix of this model: start over.
+            let _ = tokio::fs::remove_file(partial).await;
+            anyhow::bail!("partial download of {digest} was unusable; restarting it");
+        }
+        let resumed = response.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+        let response = Self::check(response).await?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(resumed)
+            .truncate(!resumed)
+            .open(partial)
+            .await
+            .with_context(|| format!("writing {}", partial.display()))?;
+        if resumed {
+            tracing::info!(digest, from = have, "resuming model download");
+        }
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.with_context(|| format!("downloading model {digest}"))?;
+            file.write_all(&chunk)
+                .await
+                .with_context(|| format!("writing {}", partial.display()))?;
+        }
+        file.flush().await?;
+        drop(file);
+        let bytes = tokio::fs::read(partial)
+            .await
+            .with_context(|| format!("reading {}", partial.display()))?;
         let actual = wire::digest(&bytes);
-        anyhow::ensure!(
-            actual == digest,
-            "model download {digest} arrived as {actual}: corrupted in transit"
-        );
+        if actual != digest {
+            let _ = tokio::fs::remove_file(partial).await;
+            anyhow::bail!(
+                "model download {digest} arrived as {actual}: corrupted in transit; retrying from scratch"
+            );
+        }
         Ok(bytes)
     }
 

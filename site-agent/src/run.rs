@@ -191,8 +191,9 @@ async fn global_model(client: &Client, cache: &Path, digest: &str) -> anyhow::Re
     {
         return Ok(bytes);
     }
-    let bytes = client.model(digest).await?;
-    write_atomic(&path, &bytes)?;
+    let partial = path.with_extension("download");
+    let bytes = client.model(digest, &partial).await?;
+    std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
     Ok(bytes)
 }
 

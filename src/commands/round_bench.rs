@@ -34,7 +34,7 @@ fn fedslice(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn site_round(client: &Client, round: u32) -> anyhow::Result<usize> {
+async fn site_round(client: &Client, partial: &Path, round: u32) -> anyhow::Result<usize> {
     loop {
         let poll = client.poll(Duration::from_secs(5)).await?;
         let Some(work) = poll.work else {
@@ -43,7 +43,8 @@ async fn site_round(client: &Client, round: u32) -> anyhow::Result<usize> {
         if work.round < round {
             continue;
         }
-        let model = client.model(&work.model_digest).await?;
+        let _ = tokio::fs::remove_file(partial).await;
+        let model = client.model(&work.model_digest, partial).await?;
         let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT)?;
         // Small pseudo-random values: an update of realistic (incompressible) size.
         let mut update = TensorMap::new();
@@ -140,6 +141,10 @@ pub fn run(sites: usize, preset: &str, rounds: u32, work: &Path) -> anyhow::Resu
         .context("starting the aggregator")?;
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
+        let partials: Vec<_> = clients
+            .iter()
+            .map(|c| c.data.join("model.download"))
+            .collect();
         let clients = clients
             .iter()
             .map(Client::new)
@@ -157,9 +162,13 @@ pub fn run(sites: usize, preset: &str, rounds: u32, work: &Path) -> anyhow::Resu
         let mut update_bytes = 0;
         for round in 1..=rounds {
             let t = Instant::now();
-            let sizes =
-                futures_util::future::try_join_all(clients.iter().map(|c| site_round(c, round)))
-                    .await?;
+            let sizes = futures_util::future::try_join_all(
+                clients
+                    .iter()
+                    .zip(&partials)
+                    .map(|(c, p)| site_round(c, p, round)),
+            )
+            .await?;
             update_bytes = sizes.first().copied().unwrap_or(0);
             // The round is over once the next one is open (or the job has finished).
             loop {
