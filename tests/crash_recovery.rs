@@ -142,3 +142,90 @@ fn aggregator_killed_mid_round_resumes_without_losing_or_double_counting() {
         2
     );
 }
+
+fn files_in(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == ext))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_restarted_agent_resends_its_computed_update_instead_of_retraining() {
+    let mut consortium = Consortium::init();
+    let data = consortium.dir.path().join("data");
+    phantom(&data, 1, 12, 4, 64);
+    let bundle = consortium.add_site("site-00", &data.join("site-00"));
+    consortium.aggregator(&[
+        "job",
+        "create",
+        "--phase",
+        "pretrain",
+        "--rounds",
+        "1",
+        "--min-sites",
+        "1",
+        "--local-epochs",
+        "3",
+    ]);
+    consortium.serve();
+    let mut agent = consortium.spawn_agent(&bundle);
+    // The agent has the global model and is training: take the aggregator away.
+    wait_until("the model download", Duration::from_secs(120), || {
+        !files_in(&bundle.join("cache/models"), "fslw").is_empty()
+    });
+    consortium.kill_server();
+    // Training finishes, the update waits in the outbox, the upload fails: kill the agent too.
+    wait_until("the outbox", Duration::from_secs(120), || {
+        !files_in(&bundle.join("cache/outbox"), "fslw").is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let outbox = files_in(&bundle.join("cache/outbox"), "fslw");
+    let computed = fedslice::wire::digest(&std::fs::read(&outbox[0]).expect("outbox update"));
+
+    consortium.serve();
+    let output = wait_for(
+        consortium.spawn_agent(&bundle),
+        Duration::from_secs(120),
+        "restarted agent",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default();
+    assert!(
+        log.contains("re-sending the update computed before a restart"),
+        "{log}"
+    );
+    let status = consortium.status();
+    let updates = status["jobs"][0]["rounds"][0]["updates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(updates.len(), 1, "exactly one update counted: {status}");
+    assert_eq!(
+        updates[0]["digest"],
+        computed.as_str(),
+        "the update computed before the restart is the one counted"
+    );
+    assert!(
+        files_in(&bundle.join("cache/outbox"), "fslw").is_empty(),
+        "the outbox is emptied once acknowledged"
+    );
+}
