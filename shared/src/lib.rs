@@ -19,6 +19,8 @@ pub mod experiment;
 pub mod federated;
 pub mod metrics;
 pub mod model;
+#[cfg(feature = "cli")]
+pub mod process;
 pub mod protocol;
 pub mod ssl;
 pub mod tls;

@@ -53,30 +53,8 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::pro
 }
 
 fn dispatch(cli: Cli) -> std::process::ExitCode {
-    init_tracing(cli.verbose);
-    match run(cli.command) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+    fedslice::process::init_tracing(cli.verbose);
+    fedslice::process::exit_code(run(cli.command))
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
