@@ -27,6 +27,14 @@ pub enum Command {
         #[arg(long, default_value = "flex")]
         device: String,
     },
+    /// List every exam in a data folder (MRNet, DICOM or NIfTI) and every file that cannot be used, with the reason.
+    Inspect {
+        #[arg(long)]
+        data: PathBuf,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Join the consortium: wait for work, train locally, upload updates.
     Run {
         #[arg(long)]
@@ -78,6 +86,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("device {kind}: ok");
             Ok(())
         }
+        Command::Inspect { data, json } => crate::inspect::run(&data, json.as_deref()),
         Command::Run {
             config,
             until_idle,

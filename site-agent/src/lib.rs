@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod inspect;
 pub mod payload_log;
 pub mod progress;
 pub mod run;

@@ -7,6 +7,8 @@ pub use volume::{Exam, Volume};
 pub mod cohort;
 #[cfg(feature = "readers")]
 pub mod dicom;
+#[cfg(feature = "readers")]
+pub mod inventory;
 pub mod mrnet;
 #[cfg(feature = "readers")]
 pub mod nifti;
