@@ -346,6 +346,29 @@ impl Engine {
                 "payload is not a model update".into(),
             ));
         }
+        // A retry of an update that was counted before its acknowledgement got
+        // lost is answered as a duplicate, even if its round has closed since.
+        let digest = wire::digest(bytes);
+        {
+            let state = self.state();
+            let recorded = state
+                .update_digest(&header.job, header.round, site)
+                .map_err(internal)?;
+            if recorded.as_deref() == Some(digest.as_str()) {
+                let reported = state
+                    .updates(&header.job, header.round)
+                    .map_err(internal)?
+                    .len() as u32;
+                return Ok(UploadReceipt {
+                    job: header.job.clone(),
+                    round: header.round,
+                    digest,
+                    duplicate: true,
+                    reported,
+                    expected: state.active_sites().map_err(internal)?,
+                });
+            }
+        }
         let (job, round) = {
             let state = self.state();
             let job = state.job(&header.job).map_err(internal)?.ok_or_else(|| {
@@ -422,6 +445,12 @@ impl Engine {
                 return Err(Rejection::Conflict(format!(
                     "site `{site}` already sent a different update ({existing}) for {} round {}",
                     job.id, round.round
+                )));
+            }
+            Recorded::RoundClosed => {
+                return Err(Rejection::Conflict(format!(
+                    "round {} of {} closed while this update was being checked; it was not counted",
+                    round.round, job.id
                 )));
             }
         };
@@ -546,8 +575,7 @@ impl Engine {
                 "at the deadline"
             }
         );
-        self.close_round(job, &round, &updates, &note)?;
-        Ok(true)
+        self.close_round(job, &round, &updates, &note)
     }
 
     fn close_round(
@@ -556,7 +584,7 @@ impl Engine {
         round: &RoundRow,
         updates: &[crate::state::UpdateRow],
         note: &str,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let (_, mut global) = self.load_model(&round.base_digest)?;
         let schema = global.schema();
         let limits = DecodeLimits::for_schema(&schema);
@@ -610,9 +638,19 @@ impl Engine {
                 deadline: now() + spec.round_timeout_s as i64,
             }
         };
-        self.state()
-            .close_round(round, &digest, optimizer_state.as_deref(), note, &after)?;
-        tracing::info!(job = %job.id, round = round.round, digest, "{note}");
-        Ok(())
+        let closed = self.state().close_round(
+            round,
+            updates.len(),
+            &digest,
+            optimizer_state.as_deref(),
+            note,
+            &after,
+        )?;
+        if closed {
+            tracing::info!(job = %job.id, round = round.round, digest, "{note}");
+        } else {
+            tracing::info!(job = %job.id, round = round.round, "an update arrived during aggregation; aggregating again");
+        }
+        Ok(closed)
     }
 }

@@ -46,6 +46,9 @@ fn site_toml(name: &str, url: &str) -> String {
         r#"# fedslice site agent configuration for site `{name}`.
 # Relative paths are relative to this file's folder.
 
+# This site's enrolled name (its certificate's name).
+site = "{name}"
+
 # Where the aggregator listens (outbound HTTPS only: this site opens no port).
 aggregator_url = "{url}"
 ca_cert = "ca.pem"

@@ -158,6 +158,8 @@ pub enum Recorded {
     Conflict {
         existing: String,
     },
+    /// The round closed between validation and recording: not counted.
+    RoundClosed,
 }
 
 /// What closing a round leads to.
@@ -519,6 +521,23 @@ impl State {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The digest of the update `site` sent for (job, round), if any.
+    pub fn update_digest(
+        &self,
+        job: &str,
+        round: u32,
+        site: &str,
+    ) -> Result<Option<String>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT digest FROM updates WHERE job = ?1 AND round = ?2 AND site = ?3",
+                params![job, round, site],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     pub fn has_update(&self, job: &str, round: u32, site: &str) -> Result<bool, StateError> {
         Ok(self
             .conn
@@ -543,6 +562,16 @@ impl State {
         metrics: &serde_json::Value,
     ) -> Result<Recorded, StateError> {
         let tx = self.conn.transaction()?;
+        let status: Option<String> = tx
+            .query_row(
+                "SELECT status FROM rounds WHERE job = ?1 AND round = ?2",
+                params![job, round],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if status.as_deref() != Some("open") {
+            return Ok(Recorded::RoundClosed);
+        }
         let existing: Option<String> = tx
             .query_row(
                 "SELECT digest FROM updates WHERE job = ?1 AND round = ?2 AND site = ?3",
@@ -576,18 +605,30 @@ impl State {
     }
 
     /// Publishes the round's result as the next model version and opens the
-    /// next round (or finishes the job), atomically.
+    /// next round (or finishes the job), atomically. `aggregated` is how many
+    /// updates the result includes: if another arrived meanwhile, nothing is
+    /// published (`Ok(false)`) and the caller aggregates again, so an
+    /// acknowledged update is never left out.
     pub fn close_round(
         &mut self,
         round: &RoundRow,
+        aggregated: usize,
         result_digest: &str,
         optimizer_state: Option<&str>,
         note: &str,
         after: &AfterClose,
-    ) -> Result<(), StateError> {
+    ) -> Result<bool, StateError> {
         let tx = self.conn.transaction()?;
         let t = now();
         let job = round.job.as_str();
+        let recorded: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM updates WHERE job = ?1 AND round = ?2",
+            params![job, round.round],
+            |r| r.get(0),
+        )?;
+        if recorded as usize != aggregated {
+            return Ok(false);
+        }
         let changed = tx.execute(
             "UPDATE rounds SET status = 'closed', closed_at = ?3, result_digest = ?4, note = ?5
              WHERE job = ?1 AND round = ?2 AND status = 'open'",
@@ -637,7 +678,7 @@ impl State {
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(true)
     }
 
     pub fn set_round_note(&self, job: &str, round: u32, note: &str) -> Result<(), StateError> {

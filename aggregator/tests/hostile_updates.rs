@@ -201,8 +201,10 @@ fn hostile_updates_are_refused_and_leave_the_model_alone() {
     for ((name, a), (_, b)) in next.iter().zip(expected.iter()) {
         assert_eq!(a.data(), b.data(), "{name} differs from base + Δ");
     }
-    // A stale update for the closed round is refused, not counted.
-    refused(&update(&job.id, 1, &base, &honest), "stale");
+    // A retry of the counted update after the round closed is a duplicate (its
+    // acknowledgement may have been lost); any other update for it is stale.
+    assert!(accept(&honest_bytes).expect("late retry").duplicate);
+    refused(&update(&job.id, 1, &base, &filled(&global, 3e-3)), "stale");
 
     let audit = engine.state().audit_log(1000).expect("audit");
     let refusals = audit

@@ -9,6 +9,10 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
+    /// The site's name (as enrolled). It names the site in local logs and
+    /// seeds its random streams, so a rerun trains identically.
+    #[serde(default)]
+    pub site: Option<String>,
     pub aggregator_url: String,
     pub ca_cert: PathBuf,
     pub cert: PathBuf,

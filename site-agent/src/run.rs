@@ -125,9 +125,14 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let backend: fedslice::device::BackendKind = config.device.parse()?;
     let device = fedslice::device::open(backend)?;
     let mut data = SiteData::load(&config.data)?;
-    let cert = std::fs::read(&config.cert)
-        .with_context(|| format!("reading {}", config.cert.display()))?;
-    let salt = u64::from_str_radix(&wire::digest(&cert)[..16], 16).unwrap_or(0);
+    // Each site's augmentation and masking streams differ; with a `site` name
+    // they are also the same from one run to the next.
+    let salt_source = match &config.site {
+        Some(name) => name.as_bytes().to_vec(),
+        None => std::fs::read(&config.cert)
+            .with_context(|| format!("reading {}", config.cert.display()))?,
+    };
+    let salt = u64::from_str_radix(&wire::digest(&salt_source)[..16], 16).unwrap_or(0);
     tracing::info!(
         site = %data.name,
         exams = data.raw.len(),

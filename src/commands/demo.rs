@@ -106,9 +106,9 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn site_toml(url: &str, data: &Path, cache: &Path) -> String {
+fn site_toml(name: &str, url: &str, data: &Path, cache: &Path) -> String {
     format!(
-        "aggregator_url = \"{url}\"\nca_cert = \"ca.pem\"\ncert = \"site.pem\"\nkey = \"site.key\"\ndata = \"{}\"\ndevice = \"flex\"\ncache_dir = \"{}\"\n",
+        "site = \"{name}\"\naggregator_url = \"{url}\"\nca_cert = \"ca.pem\"\ncert = \"site.pem\"\nkey = \"site.key\"\ndata = \"{}\"\ndevice = \"flex\"\ncache_dir = \"{}\"\n",
         data.display(),
         cache.display()
     )
@@ -228,7 +228,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let config = bundle.join("site.toml");
         std::fs::write(
             &config,
-            site_toml(&url, &data.join(&site.name), &bundle.join("cache")),
+            site_toml(
+                &site.name,
+                &url,
+                &data.join(&site.name),
+                &bundle.join("cache"),
+            ),
         )
         .with_context(|| format!("writing {}", config.display()))?;
         configs.push((site.name.clone(), bundle));

@@ -103,6 +103,7 @@ pub fn run(sites: usize, preset: &str, rounds: u32, work: &Path) -> anyhow::Resu
             &bundle.display().to_string(),
         ])?;
         clients.push(SiteConfig {
+            site: Some(name.clone()),
             aggregator_url: url.clone(),
             ca_cert: bundle.join("ca.pem"),
             cert: bundle.join("site.pem"),

@@ -72,7 +72,7 @@ impl Consortium {
         let bundle = self.dir.path().join("sites").join(name);
         self.aggregator(&["site", "add", name, "--out", &bundle.display().to_string()]);
         let toml = format!(
-            "aggregator_url = \"{}\"\nca_cert = \"ca.pem\"\ncert = \"site.pem\"\nkey = \"site.key\"\ndata = \"{}\"\ncache_dir = \"cache\"\n",
+            "site = \"{name}\"\naggregator_url = \"{}\"\nca_cert = \"ca.pem\"\ncert = \"site.pem\"\nkey = \"site.key\"\ndata = \"{}\"\ncache_dir = \"cache\"\n",
             self.url,
             data.display()
         );
