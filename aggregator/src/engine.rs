@@ -242,8 +242,13 @@ impl Engine {
             (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * PER_SECOND).min(BURST);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
+            // A flood ends once the site has been quiet long enough to refill
+            // half the burst; trickling through at the sustained rate does not
+            // end it (one audit entry per flood, not per refill).
+            if bucket.tokens >= BURST / 2.0 {
+                bucket.limited = false;
+            }
             bucket.tokens -= 1.0;
-            bucket.limited = false;
             return Ok(());
         }
         let reason = format!(
