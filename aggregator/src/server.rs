@@ -13,9 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{
-    DefaultBodyLimit, Extension, Path as UrlPath, Query, Request, State as AxumState,
-};
+use axum::extract::{Extension, Path as UrlPath, Query, Request, State as AxumState};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -206,13 +204,12 @@ async fn post_update(
     result.map(axum::Json)
 }
 
-fn router(engine: Arc<Engine>, max_body_bytes: usize) -> Router {
+fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route(paths::HEALTH, get(health))
         .route(paths::WORK, get(poll_work))
         .route(&format!("{}/{{digest}}", paths::MODELS), get(get_model))
         .route(paths::UPDATES, post(post_update))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .route_layer(middleware::from_fn_with_state(engine.clone(), authorise))
         .with_state(engine)
 }
@@ -242,7 +239,7 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
         }
     });
 
-    let app = router(engine.clone(), options.max_body_bytes);
+    let app = router(engine.clone());
     loop {
         let (tcp, peer_addr) = match listener.accept().await {
             Ok(conn) => conn,

@@ -10,17 +10,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use fedslice::aggregate::ServerOptimizer;
 use fedslice::data::cohort::{self, SiteData};
-use fedslice::data::preprocess::{PreparedExam, PreprocessConfig, prepare};
+use fedslice::data::preprocess::PreparedExam;
 use fedslice::device::{self, BackendKind};
 use fedslice::experiment::{self, ExperimentConfig};
-use fedslice::federated::{JobOptions, job_spec};
 use fedslice::metrics;
-use fedslice::model::{SlicePooling, load_classifier};
-use fedslice::protocol::{Aggregation, JobSpec, Phase};
+use fedslice::model::load_classifier;
+use fedslice::protocol::JobSpec;
 use fedslice::train;
-use fedslice::wire::Dtype;
 use site_agent::payload_log::PayloadLog;
 use site_agent::progress::Bars;
 
@@ -114,42 +111,6 @@ fn site_toml(name: &str, url: &str, data: &Path, cache: &Path) -> String {
     )
 }
 
-fn prepare_all(
-    exams: &[fedslice::data::Exam],
-    site: &str,
-    config: &PreprocessConfig,
-) -> Vec<PreparedExam> {
-    exams
-        .iter()
-        .filter_map(|e| prepare(&format!("{site}/{}", e.id), &e.volume, e.label, config).ok())
-        .collect()
-}
-
-fn options(
-    phase: Phase,
-    rounds: u32,
-    local_epochs: usize,
-    sites: u32,
-    init_from: Option<String>,
-) -> JobOptions {
-    JobOptions {
-        phase,
-        preset: "test".into(),
-        pooling: SlicePooling::Transformer,
-        rounds,
-        min_sites: sites,
-        local_epochs,
-        round_timeout_s: 1800,
-        init_from,
-        dtype: Dtype::F32,
-        aggregation: Aggregation::Fedavg,
-        server_optimizer: ServerOptimizer::Sgd { lr: 1.0 },
-        clip_update_norm: None,
-        fedprox_mu: 0.0,
-        seed: 0,
-    }
-}
-
 /// The centralised recipe with the federated job's total epochs.
 fn baseline_config(pretrain: &JobSpec, finetune: &JobSpec) -> ExperimentConfig {
     ExperimentConfig {
@@ -239,13 +200,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         configs.push((site.name.clone(), bundle));
     }
     let n = sites.len() as u32;
-    let pretrain = job_spec(&options(
-        Phase::Pretrain,
-        budget.pretrain_rounds,
-        budget.pretrain_local_epochs,
-        n,
-        None,
-    ))?;
     let pre_id = run_tool(&[
         "aggregator",
         "--dir",
@@ -267,13 +221,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     ])?
     .trim()
     .to_string();
-    let finetune = job_spec(&options(
-        Phase::Finetune,
-        budget.finetune_rounds,
-        budget.finetune_local_epochs,
-        n,
-        Some(pre_id.clone()),
-    ))?;
     let fine_id = run_tool(&[
         "aggregator",
         "--dir",
@@ -297,6 +244,24 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     ])?
     .trim()
     .to_string();
+
+    // The baselines use exactly the recipes the aggregator stored for the jobs.
+    let status: serde_json::Value = serde_json::from_str(&run_tool(&[
+        "aggregator",
+        "--dir",
+        &state_s,
+        "status",
+        "--json",
+    ])?)
+    .context("reading the aggregator's status")?;
+    let spec_of = |id: &str| -> anyhow::Result<JobSpec> {
+        let job = status["jobs"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|j| j["job"]["id"] == id))
+            .with_context(|| format!("job {id} missing from the aggregator's status"))?;
+        Ok(serde_json::from_value(job["job"]["spec"].clone())?)
+    };
+    let (pretrain, finetune) = (spec_of(&pre_id)?, spec_of(&fine_id)?);
 
     // 3. The consortium: one aggregator and one agent per site, separate processes.
     let logs = work.join("logs");
@@ -379,7 +344,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (site, (name, bundle)) in sites.iter().zip(&configs) {
         println!("local-only baseline: {name}");
-        let local_train = prepare_all(&site.train, &site.name, &finetune.preprocess);
+        let local_train =
+            super::evaluate::prepare_site(&site.train, &site.name, &finetune.preprocess);
         let auc = train_and_score(local_train, &test, &baseline, &device)?;
         let sent = PayloadLog::read(&bundle.join("cache"))?;
         rows.push(SiteRow {
@@ -394,7 +360,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("centralised baseline (all sites' exams pooled)");
     let pooled: Vec<PreparedExam> = sites
         .iter()
-        .flat_map(|s: &SiteData| prepare_all(&s.train, &s.name, &finetune.preprocess))
+        .flat_map(|s: &SiteData| {
+            super::evaluate::prepare_site(&s.train, &s.name, &finetune.preprocess)
+        })
         .collect();
     let centralised_auc = train_and_score(pooled, &test, &baseline, &device)?;
 

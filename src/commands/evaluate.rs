@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::Context;
+use fedslice::data::Exam;
 use fedslice::data::cohort::{self, SiteData};
 use fedslice::data::preprocess::{PreparedExam, PreprocessConfig, prepare};
 use fedslice::device::{self, BackendKind};
@@ -13,22 +14,29 @@ use fedslice::model::load_classifier;
 
 use crate::cli::EvaluateArgs;
 
-/// The labelled held-out exams of `sites`, prepared with `config`; ids are `site/exam`.
+/// `exams` of `site` prepared with `config`, ids `site/exam`; an exam that
+/// cannot be prepared is skipped with a warning.
+pub fn prepare_site(exams: &[Exam], site: &str, config: &PreprocessConfig) -> Vec<PreparedExam> {
+    exams
+        .iter()
+        .filter_map(
+            |e| match prepare(&format!("{site}/{}", e.id), &e.volume, e.label, config) {
+                Ok(p) => Some(p),
+                Err(err) => {
+                    tracing::warn!("skipping exam: {err}");
+                    None
+                }
+            },
+        )
+        .collect()
+}
+
+/// The labelled held-out exams of `sites`, prepared with `config`.
 pub fn held_out(sites: &[SiteData], config: &PreprocessConfig) -> Vec<PreparedExam> {
     sites
         .iter()
-        .flat_map(|s| {
-            s.valid.iter().filter_map(|e| {
-                let id = format!("{}/{}", s.name, e.id);
-                match prepare(&id, &e.volume, e.label, config) {
-                    Ok(p) => p.label.is_some().then_some(p),
-                    Err(err) => {
-                        tracing::warn!("skipping exam: {err}");
-                        None
-                    }
-                }
-            })
-        })
+        .flat_map(|s| prepare_site(&s.valid, &s.name, config))
+        .filter(|e| e.label.is_some())
         .collect()
 }
 
