@@ -37,7 +37,7 @@ pub struct EvaluateArgs {
     /// Model folder (model.safetensors + config.json), from `train` or `aggregator export`.
     #[arg(long)]
     pub model: PathBuf,
-    /// Cohort folder: one MRNet-layout site or a folder of sites.
+    /// Cohort folder: one site (MRNet or exam-folder layout: DICOM / NIfTI) or a folder of sites.
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, default_value = "flex")]
@@ -93,6 +93,11 @@ pub struct PhantomArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub cohort: CohortArgs,
+    /// How each site is stored: mrnet (`.npy` + `{train,valid}-acl.csv`), dicom (one
+    /// MR Image Storage series per exam) or nifti (`.nii.gz` per exam); the last two
+    /// in the exam-folder layout with `labels.csv`.
+    #[arg(long, default_value = "mrnet", value_parser = ["mrnet", "dicom", "nifti"])]
+    pub format: String,
     /// Also write preview.png: central slices of a torn (top row) and an intact (bottom row) exam.
     #[arg(long)]
     pub preview: bool,
@@ -100,10 +105,13 @@ pub struct PhantomArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Data folder: one MRNet-layout site or a folder of sites. Omitted: a phantom
+    /// Data folder: one site (MRNet or exam-folder layout: DICOM / NIfTI) or a folder of sites. Omitted: a phantom
     /// cohort is generated into RUN_DIR/data with the cohort options below.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// The plane read from `--data`: sagittal, coronal or axial.
+    #[arg(long, default_value = "sagittal")]
+    pub plane: fedslice::data::plane::Plane,
     #[command(flatten)]
     pub cohort: CohortArgs,
     /// Model preset: test, vit-tiny or vit-small.
@@ -184,4 +192,15 @@ pub struct BenchArgs {
     /// training) of this many sites on loopback, first preset, 3 rounds.
     #[arg(long)]
     pub round_overhead_sites: Option<usize>,
+    /// Instead of training steps: ingestion throughput in slices/s per format
+    /// (MRNet npy, DICOM uncompressed / RLE / JPEG 2000, NIfTI gz), cold and
+    /// from the preprocessing cache.
+    #[arg(long)]
+    pub ingest: bool,
+    /// Phantom exams per format for `--ingest`.
+    #[arg(long, default_value_t = 16)]
+    pub ingest_exams: usize,
+    /// Slice side of the phantom exams for `--ingest`.
+    #[arg(long, default_value_t = 256)]
+    pub ingest_side: usize,
 }

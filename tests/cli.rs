@@ -99,7 +99,8 @@ fn bad_arguments_fail_with_a_clear_message() {
         .expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no MRNet-layout data"), "{stderr}");
+    assert!(stderr.contains("no site data here"), "{stderr}");
+    assert!(stderr.contains("train/sagittal/*.npy"), "{stderr}");
 
     #[cfg(not(feature = "wgpu"))]
     {

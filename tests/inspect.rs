@@ -63,3 +63,68 @@ fn inspect_lists_exams_and_reasons_without_identifiers() {
     );
     assert!(!String::from_utf8_lossy(&output.stdout).contains("CompressedSamples"));
 }
+
+#[test]
+fn inspect_reads_an_exam_folder_site_with_labels_and_a_bad_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cohort = dir.path().join("cohort");
+    let output = fedslice()
+        .args(["phantom", "--format", "dicom", "--sites", "1"])
+        .args(["--exams-per-site", "4", "--image-size", "48", "--seed", "2"])
+        .arg("--out")
+        .arg(&cohort)
+        .output()
+        .expect("run phantom");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let site = cohort.join("site-00");
+    let labels = std::fs::read_to_string(site.join("labels.csv")).expect("labels.csv");
+    // A file cut short in the middle of one exam's folder.
+    let victim = site.join("train/0000/IM00002.dcm");
+    let bytes = std::fs::read(&victim).expect("slice");
+    std::fs::write(
+        site.join("train/0000/broken.dcm"),
+        &bytes[..bytes.len() / 2],
+    )
+    .expect("write");
+
+    let report_path = dir.path().join("report.json");
+    let output = fedslice()
+        .args(["site-agent", "inspect", "--data"])
+        .arg(&site)
+        .arg("--json")
+        .arg(&report_path)
+        .output()
+        .expect("run inspect");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&report_path).expect("report written");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let exams = report["exams"].as_array().expect("exams");
+    assert_eq!(exams.len(), labels.lines().count() - 1, "{text}");
+    for row in labels.lines().skip(1) {
+        let (id, label) = row.split_once(',').expect("exam,label");
+        let exam = exams
+            .iter()
+            .find(|e| e["source"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {text}"));
+        assert_eq!(exam["format"], "dicom");
+        assert_eq!(exam["usable"], true, "{exam}");
+        assert_eq!(exam["label"], serde_json::json!(label == "1"), "{exam}");
+        assert_eq!(exam["planes"], serde_json::json!(["sagittal"]));
+    }
+    let skipped = report["skipped"].as_array().expect("skipped");
+    assert!(
+        skipped.iter().any(|s| s["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("broken.dcm"))),
+        "{text}"
+    );
+    assert!(!text.contains("PHANTOM^SYNTHETIC"), "patient name leaked");
+}

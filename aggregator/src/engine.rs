@@ -430,6 +430,7 @@ impl Engine {
             )));
         }
         let digest = self.blobs.put(bytes).map_err(internal)?;
+        crate::crash_points::reached("upload:after_blob");
         let metrics = serde_json::to_value(&header.metrics).map_err(internal)?;
         let mut state = self.state();
         let recorded = state
@@ -459,6 +460,7 @@ impl Engine {
                 )));
             }
         };
+        crate::crash_points::reached("upload:after_record");
         let reported = state.updates(&job.id, round.round).map_err(internal)?.len() as u32;
         let expected = state.active_sites().map_err(internal)?;
         tracing::info!(site, job = %job.id, round = round.round, reported, expected, duplicate, "update accepted");
@@ -635,7 +637,9 @@ impl Engine {
             Some(bytes) => Some(self.blobs.put(&bytes)?),
             None => None,
         };
+        crate::crash_points::reached("close:before_model");
         let digest = self.put_model(job, round.round, &global)?;
+        crate::crash_points::reached("close:after_model");
         let after = if round.round >= spec.rounds {
             AfterClose::Finished
         } else {

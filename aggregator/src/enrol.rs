@@ -55,10 +55,16 @@ ca_cert = "ca.pem"
 cert = "site.pem"
 key = "site.key"
 
-# This site's knee MRI: an MRNet-layout folder (train/sagittal/NNNN.npy and
-# train-acl.csv for the labelled exams). Exams under valid/ never leave the
-# site and are never trained on.
+# This site's knee MRI, in either layout:
+#  - MRNet: train/sagittal/NNNN.npy and train-acl.csv (`case,label`);
+#  - exam folders: train/<exam>/ (a DICOM study's files) or
+#    train/<exam>.nii.gz, with labels.csv (`exam,label`, e.g. `train/knee-017,1`).
+# Exams under valid/ never leave the site and are never trained on. Prepared
+# slices are cached under cache_dir/prepared, keyed by the files' SHA-256.
 data = "/path/to/this/site/knee-mri"
+
+# The plane the task reads: sagittal (default), coronal or axial.
+# plane = "sagittal"
 
 # flex (CPU) or wgpu (GPU, if this build has it).
 device = "flex"

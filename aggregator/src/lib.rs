@@ -9,6 +9,7 @@
 
 pub mod blobs;
 pub mod cli;
+pub mod crash_points;
 pub mod engine;
 pub mod enrol;
 pub mod export;

@@ -175,6 +175,7 @@ async fn post_update(
                 Rejection::BadRequest(format!("upload interrupted or over the size limit: {e}"))
             })?;
             received += chunk.len();
+            crate::crash_points::reached("upload:mid_body");
             if received > engine.max_body_bytes {
                 return Err(Rejection::TooLarge(engine.max_body_bytes));
             }

@@ -642,3 +642,205 @@ fn analyze_style_pair_is_read() {
     assert_eq!(from_hdr.volume, single.volume);
     assert_eq!(from_img.volume, single.volume);
 }
+
+// ---------------------------------------------------------------------------
+// Phantom cohorts in every format, read back through the site's loader.
+
+mod phantom_formats {
+    use fedslice::data::cohort::{SiteData, load_sites};
+    use fedslice::data::phantom::{
+        PhantomConfig, PhantomFormat, generate_site, site_name, write_cohort_as,
+    };
+    use fedslice::data::{Exam, source};
+
+    fn config() -> PhantomConfig {
+        PhantomConfig {
+            sites: 2,
+            exams_per_site: 6,
+            seed: 5,
+            image_size: 48,
+            ..PhantomConfig::default()
+        }
+    }
+
+    fn in_memory(cfg: &PhantomConfig) -> Vec<SiteData> {
+        (0..cfg.sites)
+            .map(|site| {
+                let c = generate_site(cfg, site);
+                let exams = |v: &[fedslice::data::phantom::PhantomExam]| -> Vec<Exam> {
+                    v.iter().map(|e| e.exam.clone()).collect()
+                };
+                SiteData {
+                    name: site_name(site),
+                    train: exams(&c.train),
+                    valid: exams(&c.valid),
+                }
+            })
+            .collect()
+    }
+
+    fn assert_same(format: &str, read: &[SiteData], truth: &[SiteData]) {
+        assert_eq!(read.len(), truth.len(), "{format}: sites");
+        for (r, t) in read.iter().zip(truth) {
+            assert_eq!(r.name, t.name, "{format}");
+            for (split, rs, ts) in [("train", &r.train, &t.train), ("valid", &r.valid, &t.valid)] {
+                assert_eq!(
+                    rs.len(),
+                    ts.len(),
+                    "{format} {} {split}: exam count",
+                    r.name
+                );
+                for (a, b) in rs.iter().zip(ts) {
+                    assert_eq!(a.id, b.id, "{format}");
+                    assert_eq!(a.label, b.label, "{format} {}", a.id);
+                    let (va, vb) = (&a.volume, &b.volume);
+                    assert_eq!(
+                        (va.depth, va.height, va.width),
+                        (vb.depth, vb.height, vb.width),
+                        "{format} {}",
+                        a.id
+                    );
+                    assert!(
+                        va.voxels
+                            .iter()
+                            .zip(&vb.voxels)
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{format} {}: voxels differ",
+                        a.id
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_format_reads_back_bit_exact_with_labels() {
+        let cfg = config();
+        let truth = in_memory(&cfg);
+        assert!(
+            truth
+                .iter()
+                .any(|s| s.train.iter().any(|e| e.label == Some(true)))
+        );
+        for (name, format) in [
+            ("mrnet", PhantomFormat::Mrnet),
+            ("dicom", PhantomFormat::Dicom),
+            ("nifti", PhantomFormat::Nifti),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            write_cohort_as(dir.path(), &cfg, format).expect("write");
+            let read = load_sites(dir.path()).expect("read back");
+            assert_same(name, &read, &truth);
+            let listed = source::list_sites(dir.path()).expect("list");
+            let formats: std::collections::BTreeSet<String> = listed
+                .iter()
+                .flat_map(|s| s.exams.iter().map(|e| e.format.to_string()))
+                .collect();
+            assert_eq!(
+                formats.into_iter().collect::<Vec<_>>(),
+                vec![name.to_string()]
+            );
+        }
+    }
+
+    #[test]
+    fn dicom_cohort_trains_exactly_like_the_same_cohort_in_memory() {
+        use fedslice::data::preprocess::{PreprocessConfig, prepare};
+        use fedslice::model::{ClassifierConfig, ExamClassifier, SlicePooling, VitConfig};
+        use fedslice::train::{FinetuneConfig, NoProgress, finetune, predict};
+
+        let cfg = PhantomConfig {
+            sites: 1,
+            ..config()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_cohort_as(dir.path(), &cfg, PhantomFormat::Dicom).expect("write");
+        let from_disk = load_sites(dir.path()).expect("read back");
+        let from_memory = in_memory(&cfg);
+        let preprocess = PreprocessConfig::new(32);
+        let prepared = |site: &SiteData| -> Vec<_> {
+            site.train
+                .iter()
+                .map(|e| prepare(&e.id, &e.volume, e.label, &preprocess).expect("prepare"))
+                .collect()
+        };
+        let device = burn::tensor::Device::flex();
+        let train = |exams: Vec<_>| {
+            let encoder = VitConfig::preset("test").expect("preset");
+            // Same initial weights for both runs: only the data path differs.
+            device.seed(11);
+            let model = ExamClassifier::new(
+                &ClassifierConfig::new(encoder, SlicePooling::Transformer),
+                &device,
+            );
+            let config = FinetuneConfig {
+                epochs: 2,
+                seed: 3,
+                ..FinetuneConfig::default()
+            };
+            let (model, report) =
+                finetune(model, &exams, &config, &device, &mut NoProgress).expect("fine-tunes");
+            (report.epoch_losses, predict(&model, &exams, &device))
+        };
+        let (losses_disk, scores_disk) = train(prepared(&from_disk[0]));
+        let (losses_memory, scores_memory) = train(prepared(&from_memory[0]));
+        assert!(losses_disk.iter().all(|l| l.is_finite()));
+        assert_eq!(losses_disk, losses_memory);
+        assert_eq!(scores_disk, scores_memory);
+    }
+
+    #[test]
+    fn labels_file_errors_name_the_row() {
+        let cfg = PhantomConfig {
+            sites: 1,
+            ..config()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_cohort_as(dir.path(), &cfg, PhantomFormat::Nifti).expect("write");
+        let site = dir.path().join(site_name(0));
+        let labels = site.join("labels.csv");
+        let good = std::fs::read_to_string(&labels).expect("labels");
+        let first_exam = good
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split(',').next())
+            .expect("a labelled exam");
+        for (bad, expected) in [
+            (format!("{good}train/9999,1\n"), "train/9999"),
+            (format!("exam,label\n{first_exam},yes\n"), "\"yes\""),
+            ("case,label\n".to_string(), "exam,label"),
+        ] {
+            std::fs::write(&labels, &bad).expect("write");
+            let err = load_sites(&site).expect_err("must refuse").to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        std::fs::remove_file(&labels).expect("remove");
+        let unlabelled = load_sites(&site).expect("no labels file is fine");
+        assert!(unlabelled[0].train.iter().all(|e| e.label.is_none()));
+    }
+
+    #[test]
+    fn an_unreadable_exam_is_left_out_and_the_others_load() {
+        let cfg = PhantomConfig {
+            sites: 1,
+            ..config()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_cohort_as(dir.path(), &cfg, PhantomFormat::Nifti).expect("write");
+        let site = dir.path().join(site_name(0));
+        let victim = site.join("train/0000.nii.gz");
+        let bytes = std::fs::read(&victim).expect("exam");
+        std::fs::write(&victim, &bytes[..bytes.len() / 3]).expect("truncate");
+        let loaded = load_sites(&site).expect("the site still loads");
+        let truth = in_memory(&cfg);
+        let ids: Vec<&str> = loaded[0].train.iter().map(|e| e.id.as_str()).collect();
+        let expected: Vec<&str> = truth[0]
+            .train
+            .iter()
+            .map(|e| e.id.as_str())
+            .filter(|id| *id != "train/0000")
+            .collect();
+        assert_eq!(ids, expected);
+        assert_eq!(loaded[0].valid.len(), truth[0].valid.len());
+    }
+}

@@ -34,6 +34,9 @@ pub enum Command {
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// The plane exams are judged on: sagittal, coronal or axial.
+        #[arg(long, default_value = "sagittal")]
+        plane: fedslice::data::plane::Plane,
     },
     /// Join the consortium: wait for work, train locally, upload updates.
     Run {
@@ -86,7 +89,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("device {kind}: ok");
             Ok(())
         }
-        Command::Inspect { data, json } => crate::inspect::run(&data, json.as_deref()),
+        Command::Inspect { data, json, plane } => {
+            crate::inspect::run(&data, plane, json.as_deref())
+        }
         Command::Run {
             config,
             until_idle,

@@ -17,8 +17,11 @@ pub struct SiteConfig {
     pub ca_cert: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// This site's exams (MRNet layout).
+    /// This site's exams (MRNet or exam-folder layout).
     pub data: PathBuf,
+    /// The plane the consortium's task reads (sagittal unless the task says otherwise).
+    #[serde(default)]
+    pub plane: fedslice::data::plane::Plane,
     #[serde(default = "default_device")]
     pub device: String,
     #[serde(default = "default_cache")]

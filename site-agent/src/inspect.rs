@@ -5,10 +5,11 @@ use std::path::Path;
 
 use anyhow::Context;
 use fedslice::data::inventory;
+use fedslice::data::plane::Plane;
 
-pub fn run(data: &Path, json: Option<&Path>) -> anyhow::Result<()> {
-    let report =
-        inventory::inspect(data).with_context(|| format!("inspecting {}", data.display()))?;
+pub fn run(data: &Path, plane: Plane, json: Option<&Path>) -> anyhow::Result<()> {
+    let report = inventory::inspect_in(data, plane)
+        .with_context(|| format!("inspecting {}", data.display()))?;
     println!(
         "{:<7} {:<44} {:<22} {:<14} {:<6} note",
         "format", "exam", "planes", "shape", "label"

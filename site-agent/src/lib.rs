@@ -14,3 +14,4 @@ pub mod inspect;
 pub mod payload_log;
 pub mod progress;
 pub mod run;
+pub mod site_data;

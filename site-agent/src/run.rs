@@ -3,14 +3,10 @@
 //! a computed update is kept in the outbox until the aggregator acknowledges
 //! it, so a restart re-sends it instead of retraining.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fedslice::data::cohort;
-use fedslice::data::preprocess::{PreparedExam, PreprocessConfig, prepare};
 use fedslice::federated::{SiteExams, train_round};
 use fedslice::protocol::Work;
 use fedslice::wire::{self, DecodeLimits, PayloadKind, PayloadMeta};
@@ -20,59 +16,12 @@ use crate::client::{Client, Refused};
 use crate::config::SiteConfig;
 use crate::payload_log::PayloadLog;
 use crate::progress::Bars;
+use crate::site_data::SiteData;
 
 pub struct RunOptions {
     /// Exit once the aggregator has no open jobs (demos and tests).
     pub until_idle: bool,
     pub poll_wait: Duration,
-}
-
-/// The site's exams, loaded once; prepared once per preprocessing recipe.
-struct SiteData {
-    name: String,
-    raw: Vec<fedslice::data::Exam>,
-    prepared: HashMap<String, Arc<Vec<PreparedExam>>>,
-}
-
-impl SiteData {
-    fn load(dir: &Path) -> anyhow::Result<Self> {
-        let mut sites = cohort::load_sites(dir)
-            .with_context(|| format!("loading exams from {}", dir.display()))?;
-        anyhow::ensure!(
-            sites.len() == 1,
-            "{} holds {} sites' data; a site agent trains on its own site's folder only",
-            dir.display(),
-            sites.len()
-        );
-        let site = sites.remove(0);
-        anyhow::ensure!(
-            !site.train.is_empty(),
-            "{}: no training exams",
-            dir.display()
-        );
-        Ok(Self {
-            name: site.name,
-            raw: site.train,
-            prepared: HashMap::new(),
-        })
-    }
-
-    fn prepared(&mut self, config: &PreprocessConfig) -> anyhow::Result<Arc<Vec<PreparedExam>>> {
-        let key = serde_json::to_string(config)?;
-        if let Some(exams) = self.prepared.get(&key) {
-            return Ok(exams.clone());
-        }
-        let mut exams = Vec::with_capacity(self.raw.len());
-        for exam in &self.raw {
-            match prepare(&exam.id, &exam.volume, exam.label, config) {
-                Ok(p) => exams.push(p),
-                Err(e) => tracing::warn!("skipping exam: {e}"),
-            }
-        }
-        let exams = Arc::new(exams);
-        self.prepared.insert(key, exams.clone());
-        Ok(exams)
-    }
 }
 
 /// Jittered exponential backoff for transient failures.
@@ -124,7 +73,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     }
     let backend: fedslice::device::BackendKind = config.device.parse()?;
     let device = fedslice::device::open(backend)?;
-    let mut data = SiteData::load(&config.data)?;
+    let mut data = SiteData::load(&config.data, config.plane, &config.cache_dir)?;
     // Each site's augmentation and masking streams differ; with a `site` name
     // they are also the same from one run to the next.
     let salt_source = match &config.site {
@@ -135,7 +84,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let salt = u64::from_str_radix(&wire::digest(&salt_source)[..16], 16).unwrap_or(0);
     tracing::info!(
         site = %data.name,
-        exams = data.raw.len(),
+        exams = data.len(),
         device = %backend,
         aggregator = %config.aggregator_url,
         "site agent ready"

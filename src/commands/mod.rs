@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod evaluate;
+mod ingest_bench;
 mod phantom;
 mod round_bench;
 mod train;

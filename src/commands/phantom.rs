@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use fedslice::data::phantom::{self, PhantomConfig};
+use fedslice::data::phantom::{self, PhantomConfig, PhantomFormat};
 use fedslice::data::preview;
 
 use crate::cli::{CohortArgs, PhantomArgs};
@@ -17,8 +17,12 @@ pub fn config(args: &CohortArgs) -> PhantomConfig {
     }
 }
 
-/// Writes the cohort and logs a one-line summary per site.
+/// Writes the cohort in MRNet layout and logs a one-line summary per site.
 pub fn write(out: &Path, args: &CohortArgs) -> anyhow::Result<()> {
+    write_as(out, args, PhantomFormat::Mrnet)
+}
+
+fn write_as(out: &Path, args: &CohortArgs, format: PhantomFormat) -> anyhow::Result<()> {
     anyhow::ensure!(args.sites > 0, "--sites must be at least 1");
     anyhow::ensure!(
         args.exams_per_site >= 2,
@@ -26,7 +30,7 @@ pub fn write(out: &Path, args: &CohortArgs) -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.image_size >= 32, "--image-size must be at least 32");
     let started = std::time::Instant::now();
-    let summary = phantom::write_cohort(out, &config(args))
+    let summary = phantom::write_cohort_as(out, &config(args), format)
         .with_context(|| format!("writing phantom cohort to {}", out.display()))?;
     for site in &summary.sites {
         tracing::info!(
@@ -47,7 +51,8 @@ pub fn write(out: &Path, args: &CohortArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: PhantomArgs) -> anyhow::Result<()> {
-    write(&args.out, &args.cohort)?;
+    let format: PhantomFormat = args.format.parse()?;
+    write_as(&args.out, &args.cohort, format)?;
     if args.preview {
         let cfg = config(&args.cohort);
         let profile = phantom::site_profile(&cfg, 0);

@@ -111,6 +111,7 @@ pub fn run(sites: usize, preset: &str, rounds: u32, work: &Path) -> anyhow::Resu
             data: bundle.clone(),
             device: "flex".into(),
             cache_dir: bundle.join("cache"),
+            plane: Default::default(),
         });
     }
     fedslice(&[

@@ -45,7 +45,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             dir
         }
     };
-    let sites = cohort::load_sites(&data_dir)
+    let sites = cohort::load_sites_in(&data_dir, args.plane)
         .with_context(|| format!("loading exams from {}", data_dir.display()))?;
     anyhow::ensure!(
         args.crop_fraction > 0.0 && args.crop_fraction <= 1.0,

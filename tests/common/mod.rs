@@ -81,6 +81,11 @@ impl Consortium {
     }
 
     pub fn serve(&mut self) {
+        self.serve_with_env(&[]);
+    }
+
+    /// `serve` with extra environment variables (fault injection).
+    pub fn serve_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -91,6 +96,7 @@ impl Consortium {
             .arg("--dir")
             .arg(&self.state)
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -112,6 +118,25 @@ impl Consortium {
         if let Some(mut child) = self.server.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Waits for the server to exit on its own (an injected crash) and
+    /// returns how it ended.
+    pub fn wait_server_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            let child = self.server.as_mut().expect("server running");
+            if let Some(status) = child.try_wait().expect("poll server") {
+                self.server = None;
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the server did not crash within {limit:?}: {}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

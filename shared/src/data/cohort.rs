@@ -1,13 +1,17 @@
-//! Finding the exams under a data folder: one MRNet-layout site, or a folder
-//! of sites (what `fedslice phantom` writes).
+//! Loading every exam under a data folder into memory: one site (MRNet or
+//! exam-folder layout, see [`super::source`]) or a folder of sites (what
+//! `fedslice phantom` writes).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use rayon::prelude::*;
 
 use super::Exam;
-use super::mrnet::{self, MrnetError};
+use super::plane::Plane;
+use super::source::{self, SourceError, Split};
 
-/// The exams of one site, with MRNet's split: `train` for learning, `valid`
-/// held out for evaluation.
+/// The exams of one site, with its split: `train` for learning, `valid` held
+/// out for evaluation.
 #[derive(Debug, Clone)]
 pub struct SiteData {
     pub name: String,
@@ -15,54 +19,49 @@ pub struct SiteData {
     pub valid: Vec<Exam>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CohortError {
-    #[error("{0}: no MRNet-layout data here or in its sub-folders (expected train/sagittal/*.npy)")]
-    NotFound(PathBuf),
-    #[error("cannot list {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Mrnet(#[from] MrnetError),
+pub type CohortError = SourceError;
+
+/// Loads `dir` as one site if it is one, else every site sub-folder (sorted
+/// by name). An exam that cannot be read is logged with its reason and left
+/// out (`site-agent inspect` lists them all); a site none of whose exams can
+/// be read is an error, as is a malformed layout or labels file.
+pub fn load_sites(dir: &Path) -> Result<Vec<SiteData>, CohortError> {
+    load_sites_in(dir, Plane::Sagittal)
 }
 
-/// Loads `dir` as one site if it is MRNet layout, else every MRNet-layout
-/// sub-folder as a site (sorted by name).
-pub fn load_sites(dir: &Path) -> Result<Vec<SiteData>, CohortError> {
-    let site_name = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "site".into())
-    };
-    if mrnet::is_mrnet_dir(dir) {
-        let site = mrnet::read_site(dir)?;
-        return Ok(vec![SiteData {
-            name: site_name(dir),
-            train: site.train,
-            valid: site.valid,
-        }]);
-    }
-    let entries = std::fs::read_dir(dir).map_err(|source| CohortError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && mrnet::is_mrnet_dir(p))
-        .collect();
-    dirs.sort();
-    if dirs.is_empty() {
-        return Err(CohortError::NotFound(dir.to_path_buf()));
-    }
-    dirs.iter()
-        .map(|d| {
-            let site = mrnet::read_site(d)?;
+/// [`load_sites`] reading `plane`.
+pub fn load_sites_in(dir: &Path, plane: Plane) -> Result<Vec<SiteData>, CohortError> {
+    source::list_sites_in(dir, plane)?
+        .into_iter()
+        .map(|site| {
+            let loaded: Vec<_> = site
+                .exams
+                .par_iter()
+                .map(|s| s.load().map(|exam| (s.split, exam)))
+                .collect();
+            let mut exams = Vec::with_capacity(loaded.len());
+            let mut first_error = None;
+            for result in loaded {
+                match result {
+                    Ok(exam) => exams.push(exam),
+                    Err(e) => {
+                        tracing::warn!(site = %site.name, "exam left out: {e}");
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if exams.is_empty()
+                && let Some(e) = first_error
+            {
+                return Err(e);
+            }
+            let (train, valid): (Vec<_>, Vec<_>) = exams
+                .into_iter()
+                .partition(|(split, _)| *split == Split::Train);
             Ok(SiteData {
-                name: site_name(d),
-                train: site.train,
-                valid: site.valid,
+                name: site.name,
+                train: train.into_iter().map(|(_, e)| e).collect(),
+                valid: valid.into_iter().map(|(_, e)| e).collect(),
             })
         })
         .collect()

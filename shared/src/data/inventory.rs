@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::dicom::{self, Plane};
-use super::{mrnet, nifti};
+use super::source::SourceFormat;
+use super::{folder, mrnet, nifti};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ExamEntry {
@@ -61,26 +62,32 @@ fn is_nifti_image_half(path: &Path) -> bool {
         && path.with_extension("hdr").is_file()
 }
 
-fn mrnet_inventory(root: &Path) -> Inventory {
+fn mrnet_inventory(root: &Path, plane: Plane) -> Inventory {
     let mut inventory = Inventory {
         root: root.display().to_string(),
         exams: Vec::new(),
         skipped: Vec::new(),
     };
-    match mrnet::read_site(root) {
-        Ok(site) => {
-            for exam in site.train.iter().chain(&site.valid) {
-                let v = &exam.volume;
-                inventory.exams.push(ExamEntry {
-                    format: "mrnet",
-                    source: exam.id.clone(),
-                    planes: vec![Plane::Sagittal.to_string()],
-                    shape: Some([v.depth, v.height, v.width]),
-                    spacing_mm: None,
-                    label: exam.label,
-                    usable: v.depth > 0,
-                    note: None,
-                });
+    match mrnet::list_site_plane(root, plane) {
+        Ok(cases) => {
+            // One unreadable array is that case's problem, not the site's.
+            for case in cases {
+                match mrnet::read_npy(&case.path) {
+                    Ok(v) => inventory.exams.push(ExamEntry {
+                        format: "mrnet",
+                        source: case.id.clone(),
+                        planes: vec![plane.to_string()],
+                        shape: Some([v.depth, v.height, v.width]),
+                        spacing_mm: None,
+                        label: case.label,
+                        usable: v.depth > 0,
+                        note: None,
+                    }),
+                    Err(e) => inventory.skipped.push(SkippedEntry {
+                        path: relative(root, &case.path),
+                        reason: e.to_string(),
+                    }),
+                }
             }
         }
         Err(e) => inventory.skipped.push(SkippedEntry {
@@ -91,18 +98,82 @@ fn mrnet_inventory(root: &Path) -> Inventory {
     inventory
 }
 
-/// Inventories `root`: an MRNet-layout site, or any tree of DICOM and NIfTI files.
-/// Never fails on a bad file; only an unreadable `root` is an error.
+/// Inventories `root`: an MRNet-layout site, an exam-folder site (see
+/// [`super::folder`]), or any tree of DICOM and NIfTI files. Never fails on a
+/// bad file; only an unreadable `root` is an error. Exams are judged on
+/// their sagittal series.
 pub fn inspect(root: &Path) -> Result<Inventory, dicom::DicomError> {
+    inspect_in(root, Plane::Sagittal)
+}
+
+/// [`inspect`], judging exams on their series in `plane`.
+pub fn inspect_in(root: &Path, plane: Plane) -> Result<Inventory, dicom::DicomError> {
     if mrnet::is_mrnet_dir(root) {
-        return Ok(mrnet_inventory(root));
+        return Ok(mrnet_inventory(root, plane));
     }
-    let scan = dicom::scan_dir(root)?;
     let mut inventory = Inventory {
         root: root.display().to_string(),
         exams: Vec::new(),
         skipped: Vec::new(),
     };
+    if folder::is_folder_site(root) {
+        match folder::list_site(root, plane) {
+            Ok(exams) => {
+                for exam in exams {
+                    let first = inventory.exams.len();
+                    match exam.format {
+                        SourceFormat::Nifti => {
+                            inspect_nifti(root, &exam.path, plane, &mut inventory);
+                        }
+                        _ => {
+                            let scan = dicom::scan_dir(&exam.path)?;
+                            inspect_dicom(root, scan, plane, &mut inventory);
+                        }
+                    }
+                    let found = inventory.exams.len() - first;
+                    for entry in &mut inventory.exams[first..] {
+                        entry.label = exam.label;
+                        entry.source = if found == 1 {
+                            exam.id.clone()
+                        } else {
+                            format!("{} / {}", exam.id, entry.source)
+                        };
+                    }
+                    if found > 1 {
+                        for entry in &mut inventory.exams[first..] {
+                            entry.note.get_or_insert_with(|| {
+                                format!(
+                                    "exam folder holds {found} studies; training uses the \
+                                     {plane} series with the most slices among them"
+                                )
+                            });
+                        }
+                    }
+                }
+            }
+            Err(e) => inventory.skipped.push(SkippedEntry {
+                path: ".".into(),
+                reason: e.to_string(),
+            }),
+        }
+        return Ok(inventory);
+    }
+    let scan = dicom::scan_dir(root)?;
+    let nifti_files = inspect_dicom(root, scan, plane, &mut inventory);
+    for path in nifti_files {
+        inspect_nifti(root, &path, plane, &mut inventory);
+    }
+    Ok(inventory)
+}
+
+/// Adds the scan's studies and unusable files; returns the NIfTI files the
+/// DICOM scan passed over.
+fn inspect_dicom(
+    root: &Path,
+    scan: dicom::DicomScan,
+    plane: Plane,
+    inventory: &mut Inventory,
+) -> Vec<PathBuf> {
     for study in &scan.studies {
         let mut planes: Vec<String> = Vec::new();
         for series in &study.series {
@@ -122,7 +193,7 @@ pub fn inspect(root: &Path) -> Result<Inventory, dicom::DicomError> {
                 }),
             }
         }
-        let best = study.best_in_plane(Plane::Sagittal);
+        let best = study.best_in_plane(plane);
         inventory.exams.push(ExamEntry {
             format: "dicom",
             source: match best {
@@ -139,7 +210,7 @@ pub fn inspect(root: &Path) -> Result<Inventory, dicom::DicomError> {
                 if planes.is_empty() {
                     "no readable series".to_string()
                 } else {
-                    format!("no sagittal series (found: {})", planes.join(", "))
+                    format!("no {plane} series (found: {})", planes.join(", "))
                 }
             }),
         });
@@ -155,27 +226,28 @@ pub fn inspect(root: &Path) -> Result<Inventory, dicom::DicomError> {
             });
         }
     }
-    for path in nifti_files {
-        match nifti::read_nifti_plane(&path, Plane::Sagittal) {
-            Ok(n) => {
-                let v = &n.volume;
-                inventory.exams.push(ExamEntry {
-                    format: "nifti",
-                    source: relative(root, &path),
-                    planes: vec![n.plane.to_string()],
-                    shape: Some([v.depth, v.height, v.width]),
-                    spacing_mm: Some([n.spacing.slice, n.spacing.row, n.spacing.col]),
-                    label: None,
-                    usable: true,
-                    note: (n.volumes_in_file > 1)
-                        .then(|| format!("first of {} volumes", n.volumes_in_file)),
-                });
-            }
-            Err(e) => inventory.skipped.push(SkippedEntry {
-                path: relative(root, &path),
-                reason: e.to_string(),
-            }),
+    nifti_files
+}
+
+fn inspect_nifti(root: &Path, path: &Path, plane: Plane, inventory: &mut Inventory) {
+    match nifti::read_nifti_plane(path, plane) {
+        Ok(n) => {
+            let v = &n.volume;
+            inventory.exams.push(ExamEntry {
+                format: "nifti",
+                source: relative(root, path),
+                planes: vec![n.plane.to_string()],
+                shape: Some([v.depth, v.height, v.width]),
+                spacing_mm: Some([n.spacing.slice, n.spacing.row, n.spacing.col]),
+                label: None,
+                usable: true,
+                note: (n.volumes_in_file > 1)
+                    .then(|| format!("first of {} volumes", n.volumes_in_file)),
+            });
         }
+        Err(e) => inventory.skipped.push(SkippedEntry {
+            path: relative(root, path),
+            reason: e.to_string(),
+        }),
     }
-    Ok(inventory)
 }

@@ -4,9 +4,11 @@
 mod volume;
 pub use volume::{Exam, Volume};
 
+pub mod cache;
 pub mod cohort;
 #[cfg(feature = "readers")]
 pub mod dicom;
+pub mod folder;
 #[cfg(feature = "readers")]
 pub mod inventory;
 pub mod mrnet;
@@ -14,7 +16,9 @@ pub mod mrnet;
 pub mod nifti;
 #[cfg(feature = "phantom")]
 pub mod phantom;
+pub mod plane;
 pub mod preprocess;
 #[cfg(feature = "phantom")]
 pub mod preview;
+pub mod source;
 pub mod split;

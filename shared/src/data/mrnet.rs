@@ -16,7 +16,9 @@ use rayon::prelude::*;
 use crate::data::{Exam, Volume};
 
 const SPLITS: [&str; 2] = ["train", "valid"];
+/// The plane `write_site` writes (the phantom is sagittal).
 const PLANE: &str = "sagittal";
+const PLANES: [&str; 3] = ["sagittal", "coronal", "axial"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MrnetError {
@@ -53,7 +55,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MrnetError + '_ {
 }
 
 pub fn is_mrnet_dir(dir: &Path) -> bool {
-    SPLITS.iter().any(|s| dir.join(s).join(PLANE).is_dir())
+    SPLITS
+        .iter()
+        .any(|s| PLANES.iter().any(|p| dir.join(s).join(p).is_dir()))
 }
 
 /// Checks every exam before writing anything, so a bad voxel cannot leave half a site.
@@ -144,17 +148,37 @@ fn write_npy(path: &Path, v: &Volume) -> Result<(), MrnetError> {
     w.flush().map_err(io_err(path))
 }
 
-/// Reads a site's sagittal series and ACL labels. Ids are `"{split}/{case:04}"`; exams
-/// are sorted by case number; a case without a csv row is unlabelled.
-pub fn read_site(dir: &Path) -> Result<MrnetSite, MrnetError> {
+/// One case of an MRNet-layout site, located but not yet read.
+#[derive(Debug, Clone)]
+pub struct MrnetCase {
+    /// `"{split}/{case:04}"`.
+    pub id: String,
+    /// `"train"` or `"valid"`.
+    pub split: &'static str,
+    pub path: PathBuf,
+    pub label: Option<bool>,
+}
+
+/// Lists a site's sagittal cases and their ACL labels without reading any
+/// volume: train cases first, each split sorted by case number; a case without
+/// a csv row is unlabelled.
+pub fn list_site(dir: &Path) -> Result<Vec<MrnetCase>, MrnetError> {
+    list_site_plane(dir, crate::data::plane::Plane::Sagittal)
+}
+
+/// [`list_site`] for the series of another plane (`{split}/{plane}/NNNN.npy`).
+pub fn list_site_plane(
+    dir: &Path,
+    plane: crate::data::plane::Plane,
+) -> Result<Vec<MrnetCase>, MrnetError> {
     if !is_mrnet_dir(dir) {
         return Err(MrnetError::NotMrnet {
             path: dir.to_path_buf(),
         });
     }
-    let mut out = Vec::with_capacity(2);
+    let mut out = Vec::new();
     for split in SPLITS {
-        let folder = dir.join(split).join(PLANE);
+        let folder = dir.join(split).join(plane.to_string());
         let labels = read_labels(&dir.join(format!("{split}-acl.csv")))?;
         let mut cases = Vec::new();
         if folder.is_dir() {
@@ -175,21 +199,38 @@ pub fn read_site(dir: &Path) -> Result<MrnetSite, MrnetError> {
             }
         }
         cases.sort();
-        let exams = cases
-            .par_iter()
-            .map(|(case, path)| {
-                Ok(Exam {
-                    id: format!("{split}/{case:04}"),
-                    volume: read_npy(path)?,
-                    label: labels.get(case).copied(),
-                })
-            })
-            .collect::<Result<Vec<_>, MrnetError>>()?;
-        out.push(exams);
+        out.extend(cases.into_iter().map(|(case, path)| MrnetCase {
+            id: format!("{split}/{case:04}"),
+            split,
+            path,
+            label: labels.get(&case).copied(),
+        }));
     }
-    let valid = out.pop().unwrap_or_default();
-    let train = out.pop().unwrap_or_default();
-    Ok(MrnetSite { train, valid })
+    Ok(out)
+}
+
+/// Reads a site's sagittal series and ACL labels. Ids are `"{split}/{case:04}"`; exams
+/// are sorted by case number; a case without a csv row is unlabelled.
+pub fn read_site(dir: &Path) -> Result<MrnetSite, MrnetError> {
+    let cases = list_site(dir)?;
+    let exams = cases
+        .par_iter()
+        .map(|case| {
+            Ok(Exam {
+                id: case.id.clone(),
+                volume: read_npy(&case.path)?,
+                label: case.label,
+            })
+        })
+        .collect::<Result<Vec<_>, MrnetError>>()?;
+    let (train, valid) = exams
+        .into_iter()
+        .zip(&cases)
+        .partition::<Vec<_>, _>(|(_, case)| case.split == "train");
+    Ok(MrnetSite {
+        train: train.into_iter().map(|(e, _)| e).collect(),
+        valid: valid.into_iter().map(|(e, _)| e).collect(),
+    })
 }
 
 fn read_labels(path: &Path) -> Result<HashMap<u64, bool>, MrnetError> {

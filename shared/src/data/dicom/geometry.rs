@@ -8,32 +8,7 @@
 //! slice normal, and ImagePositionPatient · normal orders the slices regardless
 //! of how the scanner numbered them.
 
-use std::fmt;
-
-/// The anatomical plane of a series.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Plane {
-    /// Normal mostly along left–right: the knee task's default.
-    Sagittal,
-    /// Normal mostly along anterior–posterior.
-    Coronal,
-    /// Normal mostly along superior–inferior.
-    Axial,
-    /// The header carries no orientation (e.g. enhanced MR with its functional
-    /// groups stripped); such a series is never chosen for a specific plane.
-    Unknown,
-}
-
-impl fmt::Display for Plane {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Plane::Sagittal => "sagittal",
-            Plane::Coronal => "coronal",
-            Plane::Axial => "axial",
-            Plane::Unknown => "unknown-plane",
-        })
-    }
-}
+pub use crate::data::plane::Plane;
 
 /// Voxel spacing in millimetres.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -82,6 +82,9 @@ impl PhantomConfig {
 pub enum PhantomError {
     #[error("invalid phantom configuration: {0}")]
     Config(String),
+    #[cfg(feature = "readers")]
+    #[error(transparent)]
+    Folder(#[from] crate::data::folder::FolderWriteError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -259,9 +262,93 @@ pub struct CohortSummary {
     pub sites: Vec<SiteSummary>,
 }
 
+/// How `write_cohort` stores each site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PhantomFormat {
+    /// `{train,valid}/sagittal/NNNN.npy` plus `{train,valid}-acl.csv`.
+    #[default]
+    Mrnet,
+    /// Exam-folder layout: `{train,valid}/NNNN/IM00001.dcm …` plus `labels.csv`.
+    Dicom,
+    /// Exam-folder layout: `{train,valid}/NNNN.nii.gz` plus `labels.csv`.
+    Nifti,
+}
+
+impl std::str::FromStr for PhantomFormat {
+    type Err = PhantomError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mrnet" => Ok(Self::Mrnet),
+            "dicom" => Ok(Self::Dicom),
+            "nifti" => Ok(Self::Nifti),
+            other => Err(PhantomError::Config(format!(
+                "unknown format {other:?} (mrnet, dicom or nifti)"
+            ))),
+        }
+    }
+}
+
+/// The geometry written into DICOM and NIfTI headers: 3 mm sagittal slices
+/// and a 160 mm field of view scaled by the site's scanner profile, close to
+/// a clinical knee PD series.
+#[cfg(feature = "readers")]
+pub fn spacing(profile: &ScannerProfile, image_size: usize) -> crate::data::dicom::Spacing {
+    let pixel = 160.0 * profile.fov_scale / image_size.max(1) as f64;
+    crate::data::dicom::Spacing {
+        slice: 3.0,
+        row: pixel,
+        col: pixel,
+    }
+}
+
+fn write_site_as(
+    dir: &Path,
+    format: PhantomFormat,
+    cohort: &SiteCohort,
+    image_size: usize,
+) -> Result<(), PhantomError> {
+    let train: Vec<Exam> = cohort.train.iter().map(|e| e.exam.clone()).collect();
+    let valid: Vec<Exam> = cohort.valid.iter().map(|e| e.exam.clone()).collect();
+    match format {
+        PhantomFormat::Mrnet => Ok(mrnet::write_site(dir, &train, &valid)?),
+        #[cfg(feature = "readers")]
+        PhantomFormat::Dicom | PhantomFormat::Nifti => {
+            let folder_format = if format == PhantomFormat::Dicom {
+                crate::data::folder::FolderFormat::Dicom
+            } else {
+                crate::data::folder::FolderFormat::Nifti
+            };
+            let all: Vec<Exam> = train.into_iter().chain(valid).collect();
+            Ok(crate::data::folder::write_site(
+                dir,
+                folder_format,
+                &all,
+                spacing(&cohort.profile, image_size),
+            )?)
+        }
+        #[cfg(not(feature = "readers"))]
+        PhantomFormat::Dicom | PhantomFormat::Nifti => {
+            let _ = image_size;
+            Err(PhantomError::Config(
+                "DICOM and NIfTI output need the `readers` feature".into(),
+            ))
+        }
+    }
+}
+
 /// Writes every site as `out/site-NN/` in MRNet layout plus `out/cohort.json`. Sites are
 /// generated one at a time so memory holds one site's volumes, not the cohort's.
 pub fn write_cohort(out: &Path, cfg: &PhantomConfig) -> Result<CohortSummary, PhantomError> {
+    write_cohort_as(out, cfg, PhantomFormat::Mrnet)
+}
+
+/// [`write_cohort`] in any [`PhantomFormat`]. Every format reads back to the
+/// same volumes and labels (bit-exact: voxels are integers in 0..=255).
+pub fn write_cohort_as(
+    out: &Path,
+    cfg: &PhantomConfig,
+    format: PhantomFormat,
+) -> Result<CohortSummary, PhantomError> {
     cfg.validate()?;
     std::fs::create_dir_all(out).map_err(|source| PhantomError::Io {
         path: out.to_path_buf(),
@@ -270,9 +357,7 @@ pub fn write_cohort(out: &Path, cfg: &PhantomConfig) -> Result<CohortSummary, Ph
     let mut sites = Vec::with_capacity(cfg.sites);
     for site in 0..cfg.sites {
         let cohort = generate_site(cfg, site);
-        let train: Vec<Exam> = cohort.train.iter().map(|e| e.exam.clone()).collect();
-        let valid: Vec<Exam> = cohort.valid.iter().map(|e| e.exam.clone()).collect();
-        mrnet::write_site(&out.join(&cohort.name), &train, &valid)?;
+        write_site_as(&out.join(&cohort.name), format, &cohort, cfg.image_size)?;
         let all = || cohort.train.iter().chain(&cohort.valid);
         let positives = |v: &[PhantomExam]| v.iter().filter(|e| e.truth.torn).count();
         sites.push(SiteSummary {
