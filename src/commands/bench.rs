@@ -64,7 +64,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&result)?);
         } else {
             println!(
-                "{} sites, preset {}, {} bytes per update: round overhead {} s",
+                "{} sites, preset {}, {} bytes per update: round overhead {} s; updates counted per round {:?}",
                 result.sites,
                 result.preset,
                 result.update_bytes,
@@ -73,8 +73,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .iter()
                     .map(|s| format!("{s:.2}"))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                result.updates_counted
             );
+            println!(
+                "{:<8} {:>9} {:>10} {:>10} {:>10}",
+                "request", "count", "p50 ms", "p99 ms", "max ms"
+            );
+            for (kind, l) in &result.latency_ms {
+                println!(
+                    "{:<8} {:>9} {:>10.1} {:>10.1} {:>10.1}",
+                    kind, l.requests, l.p50, l.p99, l.max
+                );
+            }
         }
         return Ok(());
     }

@@ -5,9 +5,15 @@
 //! an update of the model's size; the time from a round opening to the next one opening is
 //! the protocol's overhead: polling, model download, encoding, upload,
 //! validation, durable storage and aggregation.
+//!
+//! It doubles as the load test: with many sites (100) every request's latency
+//! is recorded (p50 / p99 / max per kind), and at the end the aggregator's own
+//! record must show every round closed with every site's update counted.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -22,6 +28,48 @@ pub struct RoundOverhead {
     pub rounds: u32,
     pub update_bytes: usize,
     pub round_seconds: Vec<f64>,
+    /// Per request kind (`poll` with work, `model`, `upload`): latency in ms.
+    pub latency_ms: BTreeMap<String, Latency>,
+    /// Updates the aggregator counted in each round (must equal `sites`).
+    pub updates_counted: Vec<usize>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Latency {
+    pub requests: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Request latencies, by kind, in seconds.
+#[derive(Default)]
+struct Timings(Mutex<BTreeMap<&'static str, Vec<f64>>>);
+
+impl Timings {
+    fn record(&self, kind: &'static str, since: Instant) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(kind)
+            .or_default()
+            .push(since.elapsed().as_secs_f64());
+    }
+
+    fn summary(self) -> BTreeMap<String, Latency> {
+        let map = self.0.into_inner().unwrap_or_else(|p| p.into_inner());
+        map.into_iter()
+            .map(|(kind, mut v)| {
+                v.sort_by(f64::total_cmp);
+                let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] * 1e3;
+                let latency = Latency {
+                    requests: v.len(),
+                    p50: at(0.5),
+                    p99: at(0.99),
+                    max: at(1.0),
+                };
+                (kind.to_string(), latency)
+            })
+            .collect()
+    }
 }
 
 fn fedslice(args: &[&str]) -> anyhow::Result<String> {
@@ -34,17 +82,27 @@ fn fedslice(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn site_round(client: &Client, partial: &Path, round: u32) -> anyhow::Result<usize> {
+async fn site_round(
+    client: &Client,
+    partial: &Path,
+    round: u32,
+    timings: &Timings,
+) -> anyhow::Result<usize> {
     loop {
+        let t = Instant::now();
         let poll = client.poll(Duration::from_secs(5)).await?;
+        // A poll without work waited on purpose (long-poll): not a latency.
         let Some(work) = poll.work else {
             continue;
         };
         if work.round < round {
             continue;
         }
+        timings.record("poll", t);
         let _ = tokio::fs::remove_file(partial).await;
+        let t = Instant::now();
         let model = client.model(&work.model_digest, partial).await?;
+        timings.record("model", t);
         let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT)?;
         // Small pseudo-random values: an update of realistic (incompressible) size.
         let mut update = TensorMap::new();
@@ -74,7 +132,9 @@ async fn site_round(client: &Client, partial: &Path, round: u32) -> anyhow::Resu
             3,
         )?;
         let bytes = payload.len();
+        let t = Instant::now();
         client.upload(payload).await?;
+        timings.record("upload", t);
         return Ok(bytes);
     }
 }
@@ -142,6 +202,7 @@ pub fn run(sites: usize, preset: &str, rounds: u32, work: &Path) -> anyhow::Resu
         .spawn()
         .context("starting the aggregator")?;
     let runtime = tokio::runtime::Runtime::new()?;
+    let timings = Timings::default();
     let result = runtime.block_on(async {
         let partials: Vec<_> = clients
             .iter()
@@ -168,7 +229,7 @@ pub fn run(sites: usize, preset: &str, rounds: u32, work: &Path) -> anyhow::Resu
                 clients
                     .iter()
                     .zip(&partials)
-                    .map(|(c, p)| site_round(c, p, round)),
+                    .map(|(c, p)| site_round(c, p, round, &timings)),
             )
             .await?;
             update_bytes = sizes.first().copied().unwrap_or(0);
@@ -181,15 +242,38 @@ pub fn run(sites: usize, preset: &str, rounds: u32, work: &Path) -> anyhow::Resu
             }
             round_seconds.push(t.elapsed().as_secs_f64());
         }
-        Ok(RoundOverhead {
-            sites,
-            preset: preset.to_string(),
-            rounds,
-            update_bytes,
-            round_seconds,
-        })
+        Ok((update_bytes, round_seconds))
     });
     let _ = server.kill();
     let _ = server.wait();
-    result
+    let (update_bytes, round_seconds) = result?;
+    let status: serde_json::Value = serde_json::from_str(&fedslice(&[
+        "aggregator",
+        "--dir",
+        &state_s,
+        "status",
+        "--json",
+    ])?)?;
+    let updates_counted: Vec<usize> = status["jobs"][0]["rounds"]
+        .as_array()
+        .map(|rounds| {
+            rounds
+                .iter()
+                .map(|r| r["updates"].as_array().map_or(0, Vec::len))
+                .collect()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(
+        updates_counted.len() == rounds as usize && updates_counted.iter().all(|&n| n == sites),
+        "the aggregator counted {updates_counted:?} updates per round, expected {sites} in each of {rounds}"
+    );
+    Ok(RoundOverhead {
+        sites,
+        preset: preset.to_string(),
+        rounds,
+        update_bytes,
+        round_seconds,
+        latency_ms: timings.summary(),
+        updates_counted,
+    })
 }

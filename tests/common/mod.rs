@@ -222,3 +222,58 @@ pub fn phantom(out: &Path, sites: usize, exams: usize, seed: u64, image_size: us
         .expect("run phantom");
     check(output, "phantom");
 }
+
+fn decode_blob(blobs: &aggregator::blobs::BlobStore, digest: &str) -> fedslice::wire::TensorMap {
+    let bytes = blobs.get(digest).expect("blob present and intact");
+    fedslice::wire::decode(&bytes, &fedslice::wire::DecodeLimits::DEFAULT)
+        .expect("decodes")
+        .1
+}
+
+/// Checks every round of the consortium's first job, from the aggregator's
+/// own record: each of `sites` counted exactly once, and each published
+/// model equal to its base plus the FedAvg of the stored updates, recomputed
+/// here independently. Returns the last published model.
+pub fn verify_rounds(consortium: &Consortium, sites: &[&str]) -> fedslice::wire::TensorMap {
+    use fedslice::aggregate::FedAvg;
+    let status = consortium.status();
+    let entry = &status["jobs"][0];
+    assert_eq!(entry["job"]["status"], "finished", "{entry}");
+    let blobs =
+        aggregator::blobs::BlobStore::open(&consortium.state.join("blobs")).expect("blob store");
+    let mut last = None;
+    for round in entry["rounds"].as_array().expect("rounds") {
+        let updates = round["updates"].as_array().expect("updates");
+        let mut counted: Vec<&str> = updates.iter().filter_map(|u| u["site"].as_str()).collect();
+        counted.sort();
+        assert_eq!(counted, sites, "each site counted once: {round}");
+        let mut global = decode_blob(
+            &blobs,
+            round["round"]["base_digest"].as_str().expect("base"),
+        );
+        let mut fedavg = FedAvg::new(global.schema());
+        for update in updates {
+            let delta = decode_blob(&blobs, update["digest"].as_str().expect("digest"));
+            fedavg
+                .add(&delta, update["samples"].as_f64().expect("samples"))
+                .expect("add");
+        }
+        global
+            .add_scaled(&fedavg.finish().expect("mean"), 1.0)
+            .expect("apply");
+        let published = decode_blob(
+            &blobs,
+            round["round"]["result_digest"].as_str().expect("result"),
+        );
+        for ((name, a), (_, b)) in published.iter().zip(global.iter()) {
+            assert_eq!(
+                a.data(),
+                b.data(),
+                "round {}: {name} differs from the recomputed FedAvg",
+                round["round"]["round"]
+            );
+        }
+        last = Some(published);
+    }
+    last.expect("at least one round")
+}
