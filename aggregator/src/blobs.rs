@@ -12,10 +12,12 @@ use fedslice::wire;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    #[error("blob store {path}: {source}")]
+    // The I/O error is part of the message, not a `source`: printed with its
+    // chain (`{:#}`) it would otherwise appear twice.
+    #[error("blob store {path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("blob {digest} is corrupt: its content hashes to {actual}")]
     Corrupt { digest: String, actual: String },
@@ -36,9 +38,9 @@ fn is_digest(s: &str) -> bool {
 
 impl BlobStore {
     pub fn open(root: &Path) -> Result<Self, BlobError> {
-        let io = |source| BlobError::Io {
+        let io = |cause| BlobError::Io {
             path: root.to_path_buf(),
-            source,
+            cause,
         };
         std::fs::create_dir_all(root.join("tmp")).map_err(io)?;
         Ok(Self {
@@ -64,9 +66,9 @@ impl BlobStore {
         if path.is_file() {
             return Ok(digest);
         }
-        let io = |source| BlobError::Io {
+        let io = |cause| BlobError::Io {
             path: path.clone(),
-            source,
+            cause,
         };
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         std::fs::create_dir_all(&dir).map_err(io)?;
@@ -94,9 +96,9 @@ impl BlobStore {
     /// Reads a blob and verifies that it still hashes to its name.
     pub fn get(&self, digest: &str) -> Result<Vec<u8>, BlobError> {
         let path = self.path(digest)?;
-        let bytes = std::fs::read(&path).map_err(|source| BlobError::Io {
+        let bytes = std::fs::read(&path).map_err(|cause| BlobError::Io {
             path: path.clone(),
-            source,
+            cause,
         })?;
         let actual = wire::digest(&bytes);
         if actual != digest {

@@ -109,6 +109,12 @@ pub struct Engine {
     schemas: Mutex<HashMap<String, Arc<Schema>>>,
     spool_counter: AtomicU64,
     rate: Mutex<HashMap<String, Bucket>>,
+    /// The fault the round engine is failing with (a full disk, say): retried
+    /// on every tick, but logged and audited once, and its end logged too.
+    failing: Mutex<Option<String>>,
+    /// One tick at a time: an upload's wake-up and the periodic tick would
+    /// otherwise aggregate the same round twice at once.
+    ticking: Mutex<()>,
 }
 
 /// Requests a site may make in a burst, and per second after it. An agent
@@ -148,6 +154,8 @@ impl Engine {
             schemas: Mutex::new(HashMap::new()),
             spool_counter: AtomicU64::new(0),
             rate: Mutex::new(HashMap::new()),
+            failing: Mutex::new(None),
+            ticking: Mutex::new(()),
         })
     }
 
@@ -186,13 +194,37 @@ impl Engine {
         );
     }
 
+    /// Advances the rounds in the background now (after an upload).
     pub fn wake(self: &Arc<Self>) {
         let engine = self.clone();
-        tokio::task::spawn_blocking(move || match engine.tick() {
-            Ok(true) => engine.changed.notify_waiters(),
-            Ok(false) => {}
-            Err(e) => tracing::error!("advancing rounds: {e:#}"),
-        });
+        tokio::task::spawn_blocking(move || engine.advance());
+    }
+
+    /// [`Self::tick`], waking long-polls on a change and reporting a
+    /// lasting fault once (log and audit) rather than on every retry.
+    pub fn advance(&self) {
+        let _one_at_a_time = self.ticking.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = self.tick();
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(changed) => {
+                if let Some(was) = failing.take() {
+                    tracing::info!("round engine recovered after: {was}");
+                    self.audit_event("engine_recovered", None, &was);
+                }
+                if changed {
+                    self.changed.notify_waiters();
+                }
+            }
+            Err(e) => {
+                let why = format!("advancing rounds: {e:#}");
+                if failing.as_deref() != Some(why.as_str()) {
+                    tracing::error!("{why}; retrying every 0.5 s");
+                    self.audit_event("engine_error", None, &why);
+                    *failing = Some(why);
+                }
+            }
+        }
     }
 
     pub fn incoming_path(&self) -> PathBuf {
@@ -638,7 +670,13 @@ impl Engine {
             None => None,
         };
         crate::crash_points::reached("close:before_model");
-        let digest = self.put_model(job, round.round, &global)?;
+        let digest = self.put_model(job, round.round, &global).with_context(|| {
+            format!(
+                "writing the global model of round {} of {} (the previous model is intact; \
+                     the round stays open and is closed again once this succeeds)",
+                round.round, job.id
+            )
+        })?;
         crate::crash_points::reached("close:after_model");
         let after = if round.round >= spec.rounds {
             AfterClose::Finished

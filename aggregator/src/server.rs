@@ -230,11 +230,8 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
     tokio::spawn(async move {
         loop {
             let engine = ticker.clone();
-            match tokio::task::spawn_blocking(move || engine.tick()).await {
-                Ok(Ok(true)) => ticker.changed.notify_waiters(),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::error!("advancing rounds: {e:#}"),
-                Err(e) => tracing::error!("round task panicked: {e}"),
+            if let Err(e) = tokio::task::spawn_blocking(move || engine.advance()).await {
+                tracing::error!("round task panicked: {e}");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

@@ -33,8 +33,16 @@ pub struct Consortium {
 
 impl Consortium {
     pub fn init() -> Self {
+        Self::init_with(|_| {})
+    }
+
+    /// `init`, after `prepare` has had the (empty, existing) state folder:
+    /// to mount a small filesystem there, say.
+    pub fn init_with(prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).expect("state folder");
+        prepare(&state);
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
