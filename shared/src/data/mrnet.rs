@@ -276,6 +276,40 @@ fn read_labels(path: &Path) -> Result<HashMap<u64, bool>, MrnetError> {
     Ok(labels)
 }
 
+/// numpy's own ceiling on the header text (`np.load`'s `max_header_size`); a
+/// 3-D array's header is about 120 bytes.
+const MAX_NPY_HEADER_BYTES: u64 = 10_000;
+
+/// Checks the header length a `.npy` file declares before npyz allocates it
+/// (a version 2/3 file can declare 4 GiB in four bytes).
+fn check_header_len(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Ok(()); // npyz says what is wrong
+    }
+    let (declared, start) = match bytes[6] {
+        1 => (u64::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u64::from(u32::from_le_bytes([
+                bytes[8], bytes[9], bytes[10], bytes[11],
+            ])),
+            12,
+        ),
+        _ => return Ok(()), // npyz names the bad version or short file
+    };
+    if declared > MAX_NPY_HEADER_BYTES {
+        return Err(format!(
+            "header declares {declared} bytes; numpy refuses more than {MAX_NPY_HEADER_BYTES}"
+        ));
+    }
+    if start + declared > bytes.len() as u64 {
+        return Err(format!(
+            "truncated: header declares {declared} bytes, file has {}",
+            bytes.len() - start as usize
+        ));
+    }
+    Ok(())
+}
+
 /// Reads one 3-D C-order array of a common numeric dtype into a volume.
 pub fn read_npy(path: &Path) -> Result<Volume, MrnetError> {
     let bad = |message: String| MrnetError::Npy {
@@ -285,6 +319,7 @@ pub fn read_npy(path: &Path) -> Result<Volume, MrnetError> {
     // Whole-file read: MRNet volumes are a few MB, and knowing the size lets a corrupt
     // header be rejected before it asks for a huge allocation.
     let bytes = fs::read(path).map_err(io_err(path))?;
+    check_header_len(&bytes).map_err(bad)?;
     let mut data: &[u8] = &bytes;
     let header = npyz::NpyHeader::from_reader(&mut data)
         .map_err(|e| bad(format!("not a readable .npy file: {e}")))?;
@@ -301,6 +336,11 @@ pub fn read_npy(path: &Path) -> Result<Volume, MrnetError> {
             "expected a 3-D array (slices, height, width), got shape {shape:?}"
         )));
     };
+    if shape.contains(&0) {
+        return Err(bad(format!(
+            "shape {shape:?} has an empty axis; an exam needs at least one voxel"
+        )));
+    }
     let DType::Plain(ts) = npy.dtype() else {
         return Err(bad(format!("unsupported dtype {}", npy.dtype().descr())));
     };

@@ -2,11 +2,15 @@
 //! in the same orientation the DICOM reader produces, and a writer for the
 //! phantom.
 //!
-//! The `nifti` crate parses headers and reads the raw voxel block (gzip
-//! included); conversion, scaling and reorientation are done here because the
-//! crate converts types and affines only through ndarray/nalgebra, which the
-//! site agent does not otherwise need. NIfTI-2 files are not supported by the
-//! crate and are rejected with a clear error.
+//! The `nifti` crate parses the 348-byte header; everything after it is read
+//! here. The crate's own volume reader reserves whatever the header declares
+//! (dimensions, extension sizes) before reading a byte, so a few corrupt header
+//! bytes could cost gigabytes; here every declared size is checked against the
+//! bytes that follow, extensions are only skipped, and only the first volume
+//! is held in memory. Conversion, scaling and reorientation are done here
+//! because the crate converts types and affines only through ndarray/nalgebra,
+//! which the site agent does not otherwise need. NIfTI-2 files are not
+//! supported by the crate and are rejected with a clear error.
 //!
 //! # Orientation of the returned volume
 //!
@@ -24,11 +28,11 @@
 //! 4-D (and higher) files: the first volume (t = 0) is read; the count of
 //! volumes in the file is reported.
 
-use std::io::Write;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use nifti::{Endianness, NiftiObject, ReaderOptions};
+use nifti::{Endianness, NiftiHeader};
 
 use crate::data::Volume;
 use crate::data::dicom::{Plane, Spacing};
@@ -39,8 +43,6 @@ use crate::data::dicom::{Plane, Spacing};
 pub enum NiftiReadError {
     #[error("{path}: cannot read NIfTI: {reason}")]
     Unreadable { path: PathBuf, reason: String },
-    #[error("{path}: the NIfTI reader panicked on this file (corrupt header or extension)")]
-    Corrupt { path: PathBuf },
     #[error("{path}: unsupported NIfTI datatype {code} ({name})")]
     UnsupportedDatatype {
         path: PathBuf,
@@ -96,6 +98,16 @@ pub fn read_nifti(path: &Path) -> Result<NiftiVolume, NiftiReadError> {
     read_nifti_plane(path, Plane::Sagittal)
 }
 
+/// The first volume of a file may not need more memory than this; larger
+/// declarations are refused before anything is read. A knee MRI volume is
+/// tens of MB.
+pub const MAX_VOLUME_BYTES: u64 = 1 << 31;
+
+/// Size of the NIfTI-1 header proper, and where the voxels of a single-file
+/// `.nii` can start at the earliest (header plus the 4-byte extension flag).
+const HEADER_BYTES: u64 = 348;
+const MIN_VOX_OFFSET: u64 = 352;
+
 fn img_to_hdr(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?.to_str()?;
     let stem = name
@@ -103,6 +115,87 @@ fn img_to_hdr(path: &Path) -> Option<PathBuf> {
         .or_else(|| name.strip_suffix(".img"))?;
     let hdr = path.with_file_name(format!("{stem}.hdr"));
     hdr.exists().then_some(hdr)
+}
+
+/// The `.img` (or `.img.gz`) beside a `.hdr` (or `.hdr.gz`).
+fn hdr_to_img(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name
+        .strip_suffix(".hdr.gz")
+        .or_else(|| name.strip_suffix(".hdr"))?;
+    [".img.gz", ".img"]
+        .iter()
+        .map(|ext| path.with_file_name(format!("{stem}{ext}")))
+        .find(|p| p.exists())
+}
+
+/// An open file, decompressed if its name ends in `.gz`.
+struct Source {
+    reader: Box<dyn Read>,
+    /// The file's length when it is not compressed (known before reading).
+    len: Option<u64>,
+}
+
+fn open_source(path: &Path) -> io::Result<Source> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let file = BufReader::new(file);
+    if path.to_string_lossy().ends_with(".gz") {
+        Ok(Source {
+            reader: Box::new(flate2::read::GzDecoder::new(file)),
+            len: None,
+        })
+    } else {
+        Ok(Source {
+            reader: Box::new(file),
+            len: Some(len),
+        })
+    }
+}
+
+/// Reads and discards up to `n` bytes; returns how many there were.
+fn skip(r: &mut dyn Read, n: u64) -> io::Result<u64> {
+    io::copy(&mut r.take(n), &mut io::sink())
+}
+
+/// Walks the extensions of a single-file NIfTI (the stream is just past the
+/// header) and skips to the voxel data at `data_start`. Each extension must
+/// fit between the header and `data_start`; bytes left over are padding.
+fn skip_to_data(r: &mut dyn Read, data_start: u64, big_endian: bool) -> Result<(), String> {
+    let mut pos = HEADER_BYTES;
+    let ended =
+        |pos: u64| format!("the file ends at byte {pos}, before the voxel data at {data_start}");
+    let mut flag = [0u8; 4];
+    r.read_exact(&mut flag).map_err(|_| ended(pos))?;
+    pos += 4;
+    if flag[0] != 0 {
+        while data_start - pos >= 8 {
+            let mut head = [0u8; 8];
+            r.read_exact(&mut head).map_err(|_| ended(pos))?;
+            let size = [head[0], head[1], head[2], head[3]];
+            let esize = if big_endian {
+                i32::from_be_bytes(size)
+            } else {
+                i32::from_le_bytes(size)
+            };
+            if esize < 8 || i64::from(esize) > (data_start - pos) as i64 {
+                return Err(format!(
+                    "extension at byte {pos} declares {esize} bytes; {} remain before the voxel data",
+                    data_start - pos
+                ));
+            }
+            let body = esize as u64 - 8;
+            if skip(r, body).map_err(|e| e.to_string())? < body {
+                return Err(ended(pos + 8));
+            }
+            pos += esize as u64;
+        }
+    }
+    let gap = data_start - pos;
+    if skip(r, gap).map_err(|e| e.to_string())? < gap {
+        return Err(ended(pos));
+    }
+    Ok(())
 }
 
 /// Reads a NIfTI file sliced in `plane`.
@@ -122,18 +215,13 @@ pub fn read_nifti_plane(path: &Path, plane: Plane) -> Result<NiftiVolume, NiftiR
         reason,
     };
 
-    // The nifti crate trusts extension sizes in ways that can overflow; a
-    // panic there must be this file's error, not the end of the run.
-    let read = catch_unwind(AssertUnwindSafe(|| match img_to_hdr(path) {
-        Some(hdr) => ReaderOptions::new().read_file_pair(&hdr, path),
-        None => ReaderOptions::new().read_file(path),
-    }))
-    .map_err(|_| NiftiReadError::Corrupt {
-        path: path.to_path_buf(),
-    })?
-    .map_err(|e| unreadable(e.to_string()))?;
-    let header = read.header().clone();
-    let raw = read.into_volume().into_raw_data();
+    let (hdr_path, img_path) = match img_to_hdr(path) {
+        Some(hdr) => (hdr, Some(path.to_path_buf())),
+        None => (path.to_path_buf(), None),
+    };
+    let mut source = open_source(&hdr_path).map_err(|e| unreadable(e.to_string()))?;
+    let header =
+        NiftiHeader::from_reader(&mut source.reader).map_err(|e| unreadable(e.to_string()))?;
 
     let ndim = usize::from(header.dim[0]);
     if !(1..=7).contains(&ndim) {
@@ -146,23 +234,84 @@ pub fn read_nifti_plane(path: &Path, plane: Plane) -> Result<NiftiVolume, NiftiR
     if shape.contains(&0) {
         return Err(invalid(format!("a spatial dimension is zero ({shape:?})")));
     }
-    let volumes_in_file = (4..=ndim)
-        .map(|a| usize::from(header.dim[a]).max(1))
-        .product();
+    if let Some(a) = (4..=ndim).find(|&a| header.dim[a] == 0) {
+        return Err(invalid(format!("dim[{a}] is zero")));
+    }
+    let volumes_in_file: u64 = (4..=ndim).map(|a| u64::from(header.dim[a])).product();
 
     let size = datatype_size(header.datatype).ok_or(NiftiReadError::UnsupportedDatatype {
         path: path.to_path_buf(),
         code: header.datatype,
         name: datatype_name(header.datatype),
     })?;
+    // At most 65535³ voxels × 8 bytes, and at most 65535⁴ volumes: u64 holds
+    // the first, the total needs checking.
     let n = shape[0] * shape[1] * shape[2];
-    if raw.len() < n * size {
-        return Err(unreadable(format!(
-            "voxel data is {} bytes, the first volume needs {}",
-            raw.len(),
-            n * size
+    let first = n as u64 * size as u64;
+    if first > MAX_VOLUME_BYTES {
+        return Err(invalid(format!(
+            "the first volume would be {first} bytes, over the {MAX_VOLUME_BYTES}-byte limit"
         )));
     }
+    let total = first
+        .checked_mul(volumes_in_file)
+        .ok_or_else(|| invalid("the declared data size overflows".into()))?;
+
+    let vox_offset = header.vox_offset;
+    if !vox_offset.is_finite() || vox_offset < 0.0 {
+        return Err(invalid(format!("vox_offset = {vox_offset}")));
+    }
+    let big = matches!(header.endianness, Endianness::Big);
+    let (mut data, data_start) = if &header.magic == b"n+1\0" {
+        // One file: extensions and padding lie between the header and the
+        // voxels. An offset inside the header itself is read as the earliest
+        // possible one, as the nifti crate did.
+        let start = (vox_offset as u64).max(MIN_VOX_OFFSET);
+        skip_to_data(&mut source.reader, start, big).map_err(&unreadable)?;
+        (source, start)
+    } else {
+        // "ni1": the voxels are in the .img, `vox_offset` bytes in.
+        let img = img_path
+            .or_else(|| hdr_to_img(&hdr_path))
+            .ok_or_else(|| unreadable("the header's image file (.img) is missing".into()))?;
+        let mut img = open_source(&img).map_err(|e| unreadable(e.to_string()))?;
+        let start = vox_offset as u64;
+        if skip(&mut img.reader, start).map_err(|e| unreadable(e.to_string()))? < start {
+            return Err(unreadable(format!(
+                "the image file ends before the voxel data at byte {start}"
+            )));
+        }
+        (img, start)
+    };
+    let short = |got: u64| {
+        unreadable(format!(
+            "voxel data is {got} bytes, the header declares {total}"
+        ))
+    };
+    // An uncompressed file's size settles it before any allocation; a gzip
+    // stream's buffer grows only as bytes arrive, so one shorter than its
+    // header claims costs no more memory than it holds.
+    let mut raw = Vec::new();
+    if let Some(len) = data.len {
+        let got = len.saturating_sub(data_start);
+        if got < total {
+            return Err(short(got));
+        }
+        raw.reserve_exact(first as usize);
+    }
+    let got = (&mut data.reader)
+        .take(first)
+        .read_to_end(&mut raw)
+        .map_err(|e| unreadable(e.to_string()))? as u64;
+    if got < first {
+        return Err(short(got));
+    }
+    // The other volumes are never used, but their absence means a truncated file.
+    let rest = skip(&mut data.reader, total - first).map_err(|e| unreadable(e.to_string()))?;
+    if rest < total - first {
+        return Err(short(first + rest));
+    }
+    let volumes_in_file = volumes_in_file as usize;
 
     let slope = header.scl_slope;
     let inter = header.scl_inter;

@@ -7,9 +7,16 @@
 //! remain in the file before the real parser sees it. The walk only reads
 //! headers (it seeks over values), so it is cheap even for large files.
 //!
+//! The walk follows the element stream the way dicom-rs reads it, not the way
+//! the standard says it should be written, because it is the parser's
+//! allocations it guards: an unknown VR is UN with a 4-byte length, any
+//! undefined length other than Pixel Data opens a sequence of items in the
+//! data set's own encoding, and the file meta group runs for as many bytes as
+//! its group length says, whatever groups its tags claim.
+//!
 //! When the walk meets an encoding it cannot follow (deflated data sets,
-//! undefined-length UN), it stops and lets the parser proceed: the guard can
-//! only reject a file for a length that truly exceeds the file.
+//! unknown transfer syntaxes), it stops and lets the parser proceed: the guard
+//! can only reject a file for a length that truly exceeds the file.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -99,6 +106,10 @@ pub(crate) fn check_lengths<R: Read + Seek>(
 ) -> Result<Option<u64>, WalkError> {
     let mut enc = dataset;
     let mut pixel_fragments = false;
+    // Where the file meta group ends, once its group length is read: the
+    // meta reader takes everything before that as explicit VR little endian
+    // meta elements, whatever group their tags claim.
+    let mut meta_end: Option<u64> = None;
     // Open sequences: `Some(end)` for defined length, `None` for undefined.
     let mut open: Vec<Option<u64>> = Vec::new();
     loop {
@@ -117,7 +128,7 @@ pub(crate) fn check_lengths<R: Read + Seek>(
         r.read_exact(&mut head)?;
         // Meta elements are little endian whatever the data set uses.
         let le_group = u16::from_le_bytes([head[0], head[1]]);
-        let in_meta = le_group == 0x0002;
+        let in_meta = meta_end.map_or(le_group == 0x0002, |end| pos < end);
         let cur = if in_meta {
             Encoding::EXPLICIT_LE
         } else {
@@ -143,6 +154,17 @@ pub(crate) fn check_lengths<R: Read + Seek>(
         let tag = (u16_at([head[0], head[1]]), u16_at([head[2], head[3]]));
 
         // Item and delimiter headers have no VR in any encoding.
+        if in_meta && tag.0 == 0xFFFE {
+            // The meta reader skips such a header's value, or fails on an
+            // undefined length.
+            let len = u32_at([head[4], head[5], head[6], head[7]]);
+            if len == UNDEFINED {
+                return Ok(None);
+            }
+            check(tag, pos, len as u64, file_len - pos - 8)?;
+            r.seek(SeekFrom::Current(len as i64))?;
+            continue;
+        }
         if tag.0 == 0xFFFE {
             let len = u32_at([head[4], head[5], head[6], head[7]]);
             if tag == ITEM_END {
@@ -169,30 +191,29 @@ pub(crate) fn check_lengths<R: Read + Seek>(
         }
 
         let (vr, len, header_len) = if cur.explicit_vr {
-            let vr = VR::from_binary([head[4], head[5]]);
+            // dicom-rs reads an unknown VR as UN (2 reserved bytes, then a
+            // 4-byte length), so the walk must too: giving up here would let
+            // the parser allocate whatever those 4 bytes say.
+            let vr = VR::from_binary([head[4], head[5]]).unwrap_or(VR::UN);
             match vr {
-                Some(
-                    VR::OB
-                    | VR::OD
-                    | VR::OF
-                    | VR::OL
-                    | VR::OV
-                    | VR::OW
-                    | VR::SQ
-                    | VR::UC
-                    | VR::UN
-                    | VR::UR
-                    | VR::UT
-                    | VR::SV
-                    | VR::UV,
-                ) => {
+                VR::OB
+                | VR::OD
+                | VR::OF
+                | VR::OL
+                | VR::OV
+                | VR::OW
+                | VR::SQ
+                | VR::UC
+                | VR::UN
+                | VR::UR
+                | VR::UT
+                | VR::SV
+                | VR::UV => {
                     let mut l = [0u8; 4];
                     r.read_exact(&mut l)?;
-                    (vr, u32_at(l), 12u64)
+                    (Some(vr), u32_at(l), 12u64)
                 }
-                Some(_) => (vr, u16_at([head[6], head[7]]) as u32, 8u64),
-                // An unknown VR: the parser will report it; nothing to guard.
-                None => return Ok(None),
+                _ => (Some(vr), u16_at([head[6], head[7]]) as u32, 8u64),
             }
         } else {
             let vr = StandardDataDictionary
@@ -204,17 +225,43 @@ pub(crate) fn check_lengths<R: Read + Seek>(
             (vr, u32_at([head[4], head[5], head[6], head[7]]), 8u64)
         };
 
+        if in_meta {
+            // Meta values are read or skipped whole, never descended into.
+            if len == UNDEFINED {
+                return Ok(None); // the meta reader refuses it
+            }
+            check(
+                tag,
+                pos,
+                len as u64,
+                file_len.saturating_sub(pos + header_len),
+            )?;
+            if tag == (0x0002, 0x0000) && len == 4 && meta_end.is_none() {
+                let mut v = [0u8; 4];
+                r.read_exact(&mut v)?;
+                meta_end = Some(pos + header_len + 4 + u64::from(u32::from_le_bytes(v)));
+                continue;
+            }
+            if tag == (0x0002, 0x0010) && detect_ts {
+                let mut buf = vec![0u8; len as usize];
+                r.read_exact(&mut buf)?;
+                let uid = String::from_utf8_lossy(&buf);
+                enc = Encoding::of_transfer_syntax(&uid);
+                continue;
+            }
+            r.seek(SeekFrom::Current(len as i64))?;
+            continue;
+        }
         if len == UNDEFINED {
             if tag == PIXEL_DATA {
                 pixel_fragments = true;
                 continue;
             }
-            if vr == Some(VR::SQ) || (!cur.explicit_vr && vr.is_none()) {
-                open.push(None);
-                continue;
-            }
-            // Undefined-length UN holds implicit-VR data we do not follow.
-            return Ok(None);
+            // dicom-rs reads every other undefined-length element as a
+            // sequence of items in the data set's own encoding (whatever its
+            // VR), so the walk descends into it the same way.
+            open.push(None);
+            continue;
         }
         check(
             tag,
@@ -223,13 +270,6 @@ pub(crate) fn check_lengths<R: Read + Seek>(
             file_len.saturating_sub(pos + header_len),
         )?;
 
-        if tag == (0x0002, 0x0010) && detect_ts {
-            let mut buf = vec![0u8; len as usize];
-            r.read_exact(&mut buf)?;
-            let uid = String::from_utf8_lossy(&buf);
-            enc = Encoding::of_transfer_syntax(&uid);
-            continue;
-        }
         if vr == Some(VR::SQ) {
             // Defined-length sequence: its items are walked in place.
             open.push(Some(pos + header_len + u64::from(len)));

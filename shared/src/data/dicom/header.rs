@@ -179,6 +179,41 @@ fn rescale_of(path: &Path, obj: &InMemDicomObject) -> Result<Option<Rescale>, Di
     }))
 }
 
+/// Checks the rescale against the stored values the format allows, as the
+/// f32 volume will hold them: a huge slope or intercept would turn pixels
+/// into infinities (finite in f64, not in f32), and a tiny slope would map
+/// every stored value to one number (a zero slope is refused for the same
+/// reason).
+fn check_rescale_range(
+    path: &Path,
+    format: PixelFormat,
+    rescale: Rescale,
+) -> Result<(), DicomError> {
+    let bits = i32::from(format.bits_stored);
+    let (lo, hi) = if format.signed {
+        (-(2f64.powi(bits - 1)), 2f64.powi(bits - 1) - 1.0)
+    } else {
+        (0.0, 2f64.powi(bits) - 1.0)
+    };
+    let apply = |stored: f64| (stored * rescale.slope + rescale.intercept) as f32;
+    let (a, b) = (apply(lo), apply(hi));
+    let reason = if !a.is_finite() || !b.is_finite() {
+        "beyond the 32-bit float range"
+    } else if a == b {
+        "all to one value"
+    } else {
+        return Ok(());
+    };
+    Err(DicomError::invalid(
+        path,
+        "RescaleSlope/RescaleIntercept",
+        format!(
+            "slope {} with intercept {} takes stored values {lo}..={hi} {reason}",
+            rescale.slope, rescale.intercept
+        ),
+    ))
+}
+
 /// Reads the header of an opened object.
 pub(crate) fn read_header(
     path: &Path,
@@ -260,6 +295,12 @@ pub(crate) fn read_header(
         }
     };
 
+    let format = PixelFormat {
+        bits_allocated: bits_allocated as u16,
+        bits_stored: bits_stored as u16,
+        signed,
+    };
+
     let n_frames = match text(obj, tags::NUMBER_OF_FRAMES) {
         None => 1,
         Some(s) => s
@@ -330,6 +371,7 @@ pub(crate) fn read_header(
             |o| rescale_of(path, o),
         )?
         .unwrap_or(Rescale::IDENTITY);
+        check_rescale_range(path, format, rescale)?;
         frames.push(FrameInfo {
             position,
             orientation,
@@ -360,11 +402,7 @@ pub(crate) fn read_header(
         transfer_syntax,
         rows,
         cols,
-        format: PixelFormat {
-            bits_allocated: bits_allocated as u16,
-            bits_stored: bits_stored as u16,
-            signed,
-        },
+        format,
         instance_number,
         slice_thickness,
         spacing_between_slices,

@@ -20,6 +20,157 @@ use super::header::{InstanceHeader, PixelFormat, Rescale};
 /// Decoded pixel data above this size is refused before decoding starts.
 pub const MAX_DECODED_BYTES: u64 = 1 << 31;
 
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// Checks each RLE Lossless fragment's header (PS3.5 G.5: 64 bytes, a
+/// segment count of 1 to 15, then the offsets). dicom-rs allocates the count
+/// it reads there before checking the fragment is long enough to hold that
+/// many offsets, so four corrupt bytes could ask for 16 GiB.
+fn check_rle_headers(path: &Path, file: &DefaultDicomObject) -> Result<(), DicomError> {
+    let Some(fragments) = file
+        .get(tags::PIXEL_DATA)
+        .and_then(|e| e.value().fragments())
+    else {
+        return Ok(());
+    };
+    for (i, f) in fragments.iter().enumerate() {
+        let reason = if f.len() < 64 {
+            format!(
+                "RLE fragment {i} is {} bytes, shorter than its 64-byte header",
+                f.len()
+            )
+        } else {
+            let segments = u32::from_le_bytes([f[0], f[1], f[2], f[3]]);
+            if (1..=15).contains(&segments) {
+                continue;
+            }
+            format!("RLE fragment {i} declares {segments} segments (1 to 15 allowed)")
+        };
+        return Err(DicomError::Decode {
+            path: path.to_path_buf(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// The transfer syntaxes dicom-rs decodes with its JPEG 2000 adapter
+/// (Part 1, Part 2 and High-Throughput; lossless and lossy).
+fn is_jpeg_2000(uid: &str) -> bool {
+    matches!(
+        uid,
+        "1.2.840.10008.1.2.4.90"
+            | "1.2.840.10008.1.2.4.91"
+            | "1.2.840.10008.1.2.4.92"
+            | "1.2.840.10008.1.2.4.93"
+            | "1.2.840.10008.1.2.4.201"
+            | "1.2.840.10008.1.2.4.202"
+            | "1.2.840.10008.1.2.4.203"
+    )
+}
+
+/// Checks JPEG 2000 pixel data against the header before decoding: the
+/// first fragment must start a codestream (SOC, then SIZ: PS3.5 A.4.4 wants
+/// the bare codestream), and every codestream must hold a Columns × Rows
+/// greyscale image. dicom-rs sizes its output from the header and copies
+/// whatever the decoder produced into it without comparing: a larger image
+/// panics, a smaller one (or none, from bytes that are not a codestream)
+/// silently leaves the rest of the frame zero.
+fn check_j2k_sizes(
+    path: &Path,
+    file: &DefaultDicomObject,
+    header: &InstanceHeader,
+) -> Result<(), DicomError> {
+    let Some(fragments) = file
+        .get(tags::PIXEL_DATA)
+        .and_then(|e| e.value().fragments())
+    else {
+        return Ok(());
+    };
+    let be32 = |f: &[u8], at: usize| u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+    for (i, f) in fragments.iter().enumerate() {
+        // Later fragments may continue a frame's codestream.
+        let reason = if !f.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]) {
+            if i > 0 {
+                continue;
+            }
+            "JPEG 2000 pixel data does not start with a codestream (SOC, SIZ)".to_string()
+        } else if f.len() < 42 {
+            // SOC, SIZ, Lsiz, Rsiz, X/Ysiz, X/YOsiz, X/YTsiz, X/YTOsiz, Csiz.
+            format!("JPEG 2000 fragment {i} ends inside its SIZ segment")
+        } else {
+            let width = be32(f, 8).saturating_sub(be32(f, 16));
+            let height = be32(f, 12).saturating_sub(be32(f, 20));
+            let components = u16::from_be_bytes([f[40], f[41]]);
+            if (width, height, components) == (header.cols, header.rows, 1) {
+                continue;
+            }
+            format!(
+                "JPEG 2000 fragment {i} holds a {width}x{height} image with {components} components; \
+                 the header says {}x{} with 1",
+                header.cols, header.rows
+            )
+        };
+        return Err(DicomError::Decode {
+            path: path.to_path_buf(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// Compressed data per frame above which a constant decoded frame cannot be
+/// genuine, for RLE and JPEG 2000: RLE stores a run of up to 128 equal bytes
+/// in 2, and a constant image leaves every JPEG 2000 code-block empty except
+/// the few of the lowest-resolution band, so either fits a constant frame in a
+/// small fraction of its raw size (here: an eighth) or, for tiny frames,
+/// within the floor. (JPEG lossless needs at least a bit per sample, so it is
+/// not checked.)
+const CONSTANT_FRAME_MAX_RATIO: usize = 8;
+const CONSTANT_FRAME_FLOOR: usize = 1024;
+
+/// Refuses an RLE or JPEG 2000 frame that decoded to one repeated sample from
+/// far more data than a constant frame needs. Decoders are lenient about
+/// corrupt entropy-coded data: openjp2, for one, decodes a tile whose first
+/// packet bytes were zeroed to an all-zero image without an error, even in
+/// its strict mode.
+fn check_not_blanked(
+    path: &Path,
+    file: &DefaultDicomObject,
+    decoded: &[u8],
+    frame_bytes: usize,
+    sample_bytes: usize,
+) -> Result<(), DicomError> {
+    let Some(fragments) = file
+        .get(tags::PIXEL_DATA)
+        .and_then(|e| e.value().fragments())
+    else {
+        return Ok(());
+    };
+    if frame_bytes == 0 {
+        return Ok(());
+    }
+    let frames = decoded.len() / frame_bytes;
+    let compressed: usize = fragments.iter().map(Vec::len).sum();
+    let per_frame = compressed / frames.max(1);
+    if per_frame <= CONSTANT_FRAME_FLOOR.max(frame_bytes / CONSTANT_FRAME_MAX_RATIO) {
+        return Ok(());
+    }
+    for (i, frame) in decoded.chunks_exact(frame_bytes).enumerate() {
+        let first = &frame[..sample_bytes];
+        if frame.chunks_exact(sample_bytes).all(|s| s == first) {
+            return Err(DicomError::Decode {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "frame {i} decoded to a single repeated value from about {per_frame} bytes \
+                     of compressed data; the codec must have skipped corrupt data"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Decodes every frame of `file` into row-major f32 modality values.
 pub(crate) fn decode_frames(
     path: &Path,
@@ -40,6 +191,13 @@ pub(crate) fn decode_frames(
             bytes: expected,
             limit: MAX_DECODED_BYTES,
         });
+    }
+
+    if header.transfer_syntax == RLE_LOSSLESS {
+        check_rle_headers(path, file)?;
+    }
+    if is_jpeg_2000(&header.transfer_syntax) {
+        check_j2k_sizes(path, file, header)?;
     }
 
     // Third-party codecs index into untrusted buffers; a panic in one must
@@ -65,6 +223,9 @@ pub(crate) fn decode_frames(
     }
 
     let frame_bytes = (frame_len * bytes_per_sample) as usize;
+    if header.transfer_syntax == RLE_LOSSLESS || is_jpeg_2000(&header.transfer_syntax) {
+        check_not_blanked(path, file, &decoded, frame_bytes, bytes_per_sample as usize)?;
+    }
     Ok(header
         .frames
         .iter()

@@ -139,10 +139,15 @@ impl StudyEntry {
 
 impl SeriesLayout {
     /// Decodes every slice into a volume.
+    ///
+    /// Every file is decoded before the volume is allocated: only decoding
+    /// proves that the pixels a header declares are in the file, so a corrupt
+    /// Rows, Columns or NumberOfFrames costs an error, not an allocation of
+    /// whatever size they multiply to.
     pub fn load(&self) -> Result<DicomSeries, DicomError> {
         let info = &self.info;
         let n = info.height * info.width;
-        let mut volume = Volume::zeros(info.depth, info.height, info.width);
+        let mut slices: Vec<Option<Vec<f32>>> = vec![None; self.slices.len()];
         // Decode each file once, however many of its frames the series uses.
         let mut by_file: BTreeMap<&Path, Vec<(usize, usize)>> = BTreeMap::new();
         for (z, s) in self.slices.iter().enumerate() {
@@ -159,20 +164,35 @@ impl SeriesLayout {
             if header.rows as usize != info.height || header.cols as usize != info.width {
                 return Err(changed("image size differs".into()));
             }
-            let frames = decode_frames(path, &file, &header)?;
+            let mut frames: Vec<Option<Vec<f32>>> = decode_frames(path, &file, &header)?
+                .into_iter()
+                .map(Some)
+                .collect();
             for (z, f) in wanted {
                 let frame = frames
-                    .get(f)
+                    .get_mut(f)
+                    .and_then(Option::take)
                     .ok_or_else(|| changed(format!("frame {f} is gone")))?;
                 if frame.len() != n {
                     return Err(changed("frame length differs".into()));
                 }
-                volume.slice_mut(z).copy_from_slice(frame);
+                slices[z] = Some(frame);
             }
         }
+        let mut voxels = Vec::with_capacity(slices.len() * n);
+        for slice in slices.into_iter().flatten() {
+            voxels.extend_from_slice(&slice);
+        }
+        // Each z is in exactly one file's `wanted` list, so every slot was filled.
+        debug_assert_eq!(voxels.len(), info.depth * n);
         Ok(DicomSeries {
             info: self.info.clone(),
-            volume,
+            volume: Volume {
+                depth: info.depth,
+                height: info.height,
+                width: info.width,
+                voxels,
+            },
         })
     }
 }
