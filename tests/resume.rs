@@ -66,3 +66,132 @@ fn model_download_resumes_and_rejects_a_foreign_prefix() {
         );
     });
 }
+
+/// An update upload cut off mid-body resumes from the bytes the aggregator
+/// kept; a wrong offset is answered with where to resume; bytes that do not
+/// hash to their announced digest are thrown away.
+#[test]
+fn update_upload_resumes_after_a_dropped_connection() {
+    use fedslice::wire::{self, DecodeLimits, PayloadKind, PayloadMeta, TensorMap};
+    use site_agent::client::PartOutcome;
+
+    let mut consortium = Consortium::init();
+    let bundle = consortium.add_site("site-a", &consortium.dir.path().join("no-data"));
+    consortium.aggregator(&["job", "create", "--phase", "pretrain", "--rounds", "1"]);
+    consortium.serve();
+    let config = SiteConfig::load(&bundle.join("site.toml")).expect("site.toml");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = Client::new(&config).expect("client");
+        let work = loop {
+            if let Some(work) = client
+                .poll(Duration::from_secs(5))
+                .await
+                .expect("poll")
+                .work
+            {
+                break work;
+            }
+        };
+        let model = client
+            .model(&work.model_digest, &bundle.join("model.download"))
+            .await
+            .expect("model");
+        let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT).expect("decode");
+        let mut update = TensorMap::new();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for (name, t) in global.iter() {
+            let data = (0..t.data().len())
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 40) as f32 / (1u64 << 24) as f32 * 2e-3 - 1e-3
+                })
+                .collect();
+            update
+                .insert(name, t.shape().to_vec(), data)
+                .expect("tensor");
+        }
+        let payload = wire::encode(
+            PayloadMeta {
+                kind: PayloadKind::Update,
+                job: work.job.clone(),
+                round: work.round,
+                base_digest: Some(work.model_digest.clone()),
+                samples: 4,
+                metrics: Default::default(),
+            },
+            &update,
+            work.spec.dtype,
+            3,
+        )
+        .expect("encode");
+        let digest = wire::digest(&payload);
+        let total = payload.len() as u64;
+        assert!(total > 100_000, "{total} bytes is too small to cut");
+
+        // Bytes that do not hash to their name: refused and not kept.
+        let mut foreign = payload.clone();
+        foreign[total as usize / 2] ^= 0x01;
+        let error = client
+            .upload_part(&digest, 0, total, foreign.into())
+            .await
+            .expect_err("foreign bytes");
+        assert!(error.to_string().contains("hash to"), "{error:#}");
+        assert_eq!(client.upload_progress(&digest).await.expect("progress"), 0);
+
+        // The connection drops once the first half is on the wire: the body
+        // stream fails (after a pause, so that half really left).
+        let half = payload[..total as usize / 2].to_vec();
+        let chunks = futures_util::stream::unfold(0u8, move |step| {
+            let half = half.clone();
+            async move {
+                match step {
+                    0 => Some((Ok::<_, std::io::Error>(half), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let cut = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut");
+                        Some((Err(cut), 2))
+                    }
+                    _ => None,
+                }
+            }
+        });
+        let body = reqwest::Body::wrap_stream(chunks);
+        assert!(client.upload_part(&digest, 0, total, body).await.is_err());
+        let mut kept = 0;
+        for _ in 0..50 {
+            kept = client.upload_progress(&digest).await.expect("progress");
+            if kept > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            kept > 0 && kept <= total / 2,
+            "kept {kept} of {total}: {}",
+            consortium.server_log()
+        );
+
+        // A chunk at the wrong offset is told to resume elsewhere.
+        let wrong = client
+            .upload_part(&digest, 0, total, payload.clone().into())
+            .await
+            .expect("answer");
+        assert!(matches!(wrong, PartOutcome::ResumeElsewhere), "{wrong:?}");
+
+        let receipt = client.upload(payload).await.expect("resumed upload");
+        assert!(!receipt.duplicate);
+        assert_eq!(receipt.digest, digest);
+        assert_eq!(client.upload_progress(&digest).await.expect("progress"), 0);
+    });
+    let log = consortium.server_log();
+    assert!(log.contains("upload resumed at byte"), "{log}");
+    let status = consortium.status();
+    let updates = status["jobs"][0]["rounds"][0]["updates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(updates.len(), 1, "{status}");
+}

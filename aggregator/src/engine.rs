@@ -39,6 +39,13 @@ pub enum Rejection {
     TooLarge(usize),
     #[error("{0}")]
     TooManyRequests(String),
+    /// A resumable upload chunk that does not start where the held part ends
+    /// (416): the site asks for the offset again, nothing is wrong.
+    #[error("{0}")]
+    ResumeElsewhere(String),
+    /// Another request is writing the same upload (423): retry shortly.
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -53,6 +60,8 @@ impl Rejection {
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::ResumeElsewhere(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::Busy(_) => StatusCode::LOCKED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,6 +124,8 @@ pub struct Engine {
     /// One tick at a time: an upload's wake-up and the periodic tick would
     /// otherwise aggregate the same round twice at once.
     ticking: Mutex<()>,
+    /// Resumable uploads being written.
+    pub(crate) uploads: crate::uploads::InProgress,
 }
 
 /// Requests a site may make in a burst, and per second after it. An agent
@@ -156,6 +167,7 @@ impl Engine {
             rate: Mutex::new(HashMap::new()),
             failing: Mutex::new(None),
             ticking: Mutex::new(()),
+            uploads: Default::default(),
         })
     }
 

@@ -18,3 +18,4 @@ pub mod report;
 pub mod server;
 mod server_opt;
 pub mod state;
+mod uploads;

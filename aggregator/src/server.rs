@@ -39,7 +39,7 @@ pub struct ServeOptions {
 
 /// The site a request comes from, after the registry check.
 #[derive(Clone, Debug)]
-struct Site(String);
+pub(crate) struct Site(pub(crate) String);
 
 fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
     (
@@ -211,6 +211,10 @@ fn router(engine: Arc<Engine>) -> Router {
         .route(paths::WORK, get(poll_work))
         .route(&format!("{}/{{digest}}", paths::MODELS), get(get_model))
         .route(paths::UPDATES, post(post_update))
+        .route(
+            &format!("{}/{{digest}}", paths::UPLOADS),
+            get(crate::uploads::get_upload).patch(crate::uploads::patch_upload),
+        )
         .route_layer(middleware::from_fn_with_state(engine.clone(), authorise))
         .with_state(engine)
 }
@@ -225,6 +229,7 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, state = %state_dir.display(), "aggregator serving (mutual TLS 1.3)");
     engine.audit_event("service_started", None, &format!("listening on {local}"));
+    crate::uploads::sweep_stale(&engine, Duration::from_secs(2 * 24 * 3600));
 
     let ticker = engine.clone();
     tokio::spawn(async move {

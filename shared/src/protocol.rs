@@ -17,6 +17,22 @@ pub mod paths {
     pub const UPDATES: &str = "/v1/updates";
     pub const MODELS: &str = "/v1/models";
     pub const HEALTH: &str = "/v1/health";
+    /// Resumable update uploads: `GET {UPLOADS}/{digest}` says how many bytes
+    /// the aggregator holds; `PATCH {UPLOADS}/{digest}` appends from
+    /// [`super::UPLOAD_OFFSET`] towards [`super::UPLOAD_LENGTH`].
+    pub const UPLOADS: &str = "/v1/uploads";
+}
+
+/// Header of a resumable upload chunk: where it starts in the payload.
+pub const UPLOAD_OFFSET: &str = "upload-offset";
+/// Header of a resumable upload chunk: the whole payload's length.
+pub const UPLOAD_LENGTH: &str = "upload-length";
+
+/// How much of a resumable upload the aggregator holds (answer to `GET` and
+/// to a `PATCH` that leaves the upload incomplete, with 202).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadProgress {
+    pub received: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use fedslice::protocol::{ApiError, PollResponse, UploadReceipt, paths};
+use fedslice::protocol::{
+    ApiError, PollResponse, UPLOAD_LENGTH, UPLOAD_OFFSET, UploadProgress, UploadReceipt, paths,
+};
 use fedslice::wire;
 
 use crate::config::SiteConfig;
@@ -16,6 +18,19 @@ use crate::config::SiteConfig;
 pub struct Refused {
     pub status: u16,
     pub message: String,
+}
+
+/// What the aggregator made of one upload request.
+#[derive(Debug)]
+pub enum PartOutcome {
+    /// Complete, validated and recorded.
+    Done(UploadReceipt),
+    /// Stored; this many bytes are held so far.
+    Incomplete(u64),
+    /// The chunk did not start where the held part ends.
+    ResumeElsewhere,
+    /// Another request is writing the same upload.
+    Busy,
 }
 
 pub struct Client {
@@ -143,16 +158,72 @@ impl Client {
         Ok(bytes)
     }
 
+    /// Uploads an update, resuming after whatever part of it an earlier,
+    /// interrupted attempt delivered (the aggregator keeps it).
     pub async fn upload(&self, payload: Vec<u8>) -> anyhow::Result<UploadReceipt> {
+        let digest = wire::digest(&payload);
+        let total = payload.len() as u64;
+        for _ in 0..5 {
+            let offset = self.upload_progress(&digest).await?;
+            if offset > total {
+                anyhow::bail!("aggregator holds {offset} bytes of a {total}-byte upload");
+            }
+            if offset > 0 {
+                tracing::info!(digest, offset, total, "resuming upload");
+            }
+            let body = reqwest::Body::from(payload[offset as usize..].to_vec());
+            match self.upload_part(&digest, offset, total, body).await? {
+                PartOutcome::Done(receipt) => return Ok(receipt),
+                // Incomplete, moved on, or busy: ask again where to resume.
+                PartOutcome::Incomplete(_) | PartOutcome::ResumeElsewhere => {}
+                PartOutcome::Busy => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        anyhow::bail!("upload of {digest} did not complete after 5 attempts")
+    }
+
+    /// Bytes of the upload named `digest` that the aggregator holds.
+    pub async fn upload_progress(&self, digest: &str) -> anyhow::Result<u64> {
         let response = self
             .http
-            .post(format!("{}{}", self.base, paths::UPDATES))
+            .get(format!("{}{}/{digest}", self.base, paths::UPLOADS))
+            .send()
+            .await
+            .with_context(|| format!("asking {} about upload {digest}", self.base))?;
+        let progress: UploadProgress = Self::check(response).await?.json().await?;
+        Ok(progress.received)
+    }
+
+    /// Sends `body` as the bytes of the upload `digest` (`total` bytes long)
+    /// from `offset` on.
+    pub async fn upload_part(
+        &self,
+        digest: &str,
+        offset: u64,
+        total: u64,
+        body: reqwest::Body,
+    ) -> anyhow::Result<PartOutcome> {
+        let response = self
+            .http
+            .patch(format!("{}{}/{digest}", self.base, paths::UPLOADS))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(UPLOAD_OFFSET, offset)
+            .header(UPLOAD_LENGTH, total)
             .timeout(Duration::from_secs(600))
-            .body(payload)
+            .body(body)
             .send()
             .await
             .with_context(|| format!("uploading to {}", self.base))?;
-        Ok(Self::check(response).await?.json().await?)
+        match response.status() {
+            reqwest::StatusCode::RANGE_NOT_SATISFIABLE => Ok(PartOutcome::ResumeElsewhere),
+            reqwest::StatusCode::LOCKED => Ok(PartOutcome::Busy),
+            reqwest::StatusCode::ACCEPTED => {
+                let progress: UploadProgress = response.json().await?;
+                Ok(PartOutcome::Incomplete(progress.received))
+            }
+            _ => Ok(PartOutcome::Done(
+                Self::check(response).await?.json().await?,
+            )),
+        }
     }
 }
