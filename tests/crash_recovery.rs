@@ -18,23 +18,7 @@ fn aggregator_killed_mid_round_resumes_without_losing_or_double_counting() {
         .iter()
         .map(|name| consortium.add_site(name, &data.join(name)))
         .collect();
-    let job = consortium
-        .aggregator(&[
-            "job",
-            "create",
-            "--phase",
-            "pretrain",
-            "--rounds",
-            "3",
-            "--min-sites",
-            "3",
-            "--local-epochs",
-            "1",
-            "--round-timeout",
-            "10m",
-        ])
-        .trim()
-        .to_string();
+    let job = consortium.pretrain_job(3, 3, "10m");
     consortium.serve();
     let agents: Vec<_> = bundles.iter().map(|b| consortium.spawn_agent(b)).collect();
 
@@ -66,15 +50,7 @@ fn aggregator_killed_mid_round_resumes_without_losing_or_double_counting() {
     std::thread::sleep(Duration::from_secs(2));
     consortium.serve();
 
-    for (agent, bundle) in agents.into_iter().zip(&bundles) {
-        let output = wait_for(agent, Duration::from_secs(600), "site agent");
-        assert!(
-            output.status.success(),
-            "agent failed:\n{}\naggregator:\n{}",
-            std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default(),
-            consortium.server_log()
-        );
-    }
+    consortium.expect_agents_succeed(agents, &bundles, Duration::from_secs(600));
 
     let status = consortium.status();
     assert_eq!(status["jobs"][0]["job"]["id"], job.as_str());

@@ -9,18 +9,7 @@ use std::time::Duration;
 use common::{Consortium, fedslice, wait_for};
 
 fn job(consortium: &Consortium) {
-    consortium.aggregator(&[
-        "job",
-        "create",
-        "--phase",
-        "pretrain",
-        "--rounds",
-        "1",
-        "--min-sites",
-        "1",
-        "--local-epochs",
-        "1",
-    ]);
+    consortium.pretrain_job(1, 1, "10m");
 }
 
 fn run_agent(consortium: &Consortium, bundle: &std::path::Path) -> String {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Consortium, phantom, verify_rounds, wait_for};
+use common::{Consortium, phantom, verify_rounds};
 
 const SITES: [&str; 3] = ["site-00", "site-01", "site-02"];
 
@@ -79,18 +79,7 @@ fn disk_full_while_writing_a_model_keeps_the_previous_one_and_resumes() {
         .iter()
         .map(|name| consortium.add_site(name, &data.join(name)))
         .collect();
-    consortium.aggregator(&[
-        "job",
-        "create",
-        "--phase",
-        "pretrain",
-        "--rounds",
-        "3",
-        "--min-sites",
-        "3",
-        "--local-epochs",
-        "1",
-    ]);
+    consortium.pretrain_job(3, 3, "10m");
     // Hold the aggregator just before it writes round 2's model.
     let gate = consortium.dir.path().join("gate");
     std::fs::write(&gate, b"").expect("gate");
@@ -130,15 +119,7 @@ fn disk_full_while_writing_a_model_keeps_the_previous_one_and_resumes() {
     );
 
     std::fs::remove_file(&filler).expect("free the disk");
-    for (agent, bundle) in agents.into_iter().zip(&bundles) {
-        let output = wait_for(agent, Duration::from_secs(300), "site agent");
-        assert!(
-            output.status.success(),
-            "{}\n{}",
-            std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default(),
-            consortium.server_log()
-        );
-    }
+    consortium.expect_agents_succeed(agents, &bundles, Duration::from_secs(300));
     assert!(consortium.server_log().contains("round engine recovered"));
     verify_rounds(&consortium, &SITES);
     let audit = consortium.audit();

@@ -11,10 +11,10 @@
 mod common;
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aggregator::blobs::BlobStore;
-use common::{Consortium, phantom, wait_for};
+use common::{Consortium, phantom};
 use fedslice::wire::{self, DecodeLimits, TensorMap};
 
 const SITES: [&str; 3] = ["site-00", "site-01", "site-02"];
@@ -45,20 +45,7 @@ fn run(fault: Fault) -> TensorMap {
         .iter()
         .map(|name| consortium.add_site(name, &data().join(name)))
         .collect();
-    consortium.aggregator(&[
-        "job",
-        "create",
-        "--phase",
-        "pretrain",
-        "--rounds",
-        "2",
-        "--min-sites",
-        "3",
-        "--local-epochs",
-        "1",
-        "--round-timeout",
-        "10m",
-    ]);
+    consortium.pretrain_job(2, 3, "10m");
     match fault {
         Fault::CrashAt(point) => consortium.serve_with_env(&[("FEDSLICE_CRASH_AT", point)]),
         _ => consortium.serve(),
@@ -67,18 +54,7 @@ fn run(fault: Fault) -> TensorMap {
     match fault {
         Fault::None => {}
         Fault::KillWhenIdleAfterRound1 => {
-            let started = Instant::now();
-            loop {
-                let status = consortium.status();
-                if status["jobs"][0]["rounds"][0]["round"]["status"] == "closed" {
-                    break;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(300),
-                    "round 1 never closed: {status}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            consortium.wait_round_closed(1, Duration::from_secs(300));
             consortium.kill_server();
             consortium.serve();
         }
@@ -100,15 +76,7 @@ fn run(fault: Fault) -> TensorMap {
             consortium.serve();
         }
     }
-    for (agent, bundle) in agents.into_iter().zip(&bundles) {
-        let output = wait_for(agent, Duration::from_secs(600), "site agent");
-        assert!(
-            output.status.success(),
-            "agent failed:\n{}\naggregator:\n{}",
-            std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default(),
-            consortium.server_log()
-        );
-    }
+    consortium.expect_agents_succeed(agents, &bundles, Duration::from_secs(600));
     let status = consortium.status();
     let entry = &status["jobs"][0];
     assert_eq!(entry["job"]["status"], "finished", "{entry}");

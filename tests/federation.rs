@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Consortium, phantom, wait_for};
+use common::{Consortium, phantom};
 use fedslice::data::cohort;
 use fedslice::data::preprocess::prepare;
 use fedslice::device::{self, BackendKind};
@@ -69,15 +69,7 @@ fn three_sites_pretrain_and_finetune_over_mutual_tls() {
         .to_string();
     consortium.serve();
     let agents: Vec<_> = bundles.iter().map(|b| consortium.spawn_agent(b)).collect();
-    for (agent, bundle) in agents.into_iter().zip(&bundles) {
-        let output = wait_for(agent, Duration::from_secs(900), "site agent");
-        assert!(
-            output.status.success(),
-            "agent failed:\n{}\naggregator:\n{}",
-            std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default(),
-            consortium.server_log()
-        );
-    }
+    consortium.expect_agents_succeed(agents, &bundles, Duration::from_secs(900));
 
     // The global model advanced once per round, to a new version each time.
     let status = consortium.status();

@@ -72,7 +72,7 @@ fn model_download_resumes_and_rejects_a_foreign_prefix() {
 /// hash to their announced digest are thrown away.
 #[test]
 fn update_upload_resumes_after_a_dropped_connection() {
-    use fedslice::wire::{self, DecodeLimits, PayloadKind, PayloadMeta, TensorMap};
+    use fedslice::wire::{self, DecodeLimits, PayloadKind, PayloadMeta};
     use site_agent::client::PartOutcome;
 
     let mut consortium = Consortium::init();
@@ -98,21 +98,7 @@ fn update_upload_resumes_after_a_dropped_connection() {
             .await
             .expect("model");
         let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT).expect("decode");
-        let mut update = TensorMap::new();
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        for (name, t) in global.iter() {
-            let data = (0..t.data().len())
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (state >> 40) as f32 / (1u64 << 24) as f32 * 2e-3 - 1e-3
-                })
-                .collect();
-            update
-                .insert(name, t.shape().to_vec(), data)
-                .expect("tensor");
-        }
+        let update = global.pseudo_random_like(0x2545_F491_4F6C_DD1D, 1e-3);
         let payload = wire::encode(
             PayloadMeta {
                 kind: PayloadKind::Update,
@@ -174,11 +160,19 @@ fn update_upload_resumes_after_a_dropped_connection() {
             consortium.server_log()
         );
 
-        // A chunk at the wrong offset is told to resume elsewhere.
-        let wrong = client
-            .upload_part(&digest, 0, total, payload.clone().into())
-            .await
-            .expect("answer");
+        // A chunk at the wrong offset is told to resume elsewhere (once the
+        // server has let go of the dropped request: until then, "busy").
+        let mut wrong = PartOutcome::Busy;
+        for _ in 0..100 {
+            wrong = client
+                .upload_part(&digest, 0, total, payload.clone().into())
+                .await
+                .expect("answer");
+            if !matches!(wrong, PartOutcome::Busy) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(matches!(wrong, PartOutcome::ResumeElsewhere), "{wrong:?}");
 
         let receipt = client.upload(payload).await.expect("resumed upload");

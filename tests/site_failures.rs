@@ -18,20 +18,7 @@ fn rounds_close_at_the_deadline_without_an_absent_site() {
         .iter()
         .map(|name| consortium.add_site(name, &data.join(name)))
         .collect();
-    consortium.aggregator(&[
-        "job",
-        "create",
-        "--phase",
-        "pretrain",
-        "--rounds",
-        "2",
-        "--min-sites",
-        "2",
-        "--local-epochs",
-        "1",
-        "--round-timeout",
-        "3s",
-    ]);
+    consortium.pretrain_job(2, 2, "3s");
     consortium.serve();
     let present: Vec<_> = bundles[..2]
         .iter()
@@ -72,11 +59,13 @@ fn rounds_close_at_the_deadline_without_an_absent_site() {
     assert!(PayloadLog::read(&bundles[2].join("cache")).map_or(true, |sent| sent.is_empty()));
 }
 
+/// Through the shell's built-in `kill`, which every system has (procps's
+/// `/bin/kill` may be missing from a minimal image).
 fn signal(child: &std::process::Child, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .args([sig, &child.id().to_string()])
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill {sig} {}", child.id())])
         .status()
-        .expect("run kill");
+        .expect("run sh");
     assert!(status.success(), "kill {sig} failed");
 }
 
@@ -93,20 +82,7 @@ fn a_site_back_after_its_round_closed_is_refused_then_carries_on() {
         .iter()
         .map(|name| consortium.add_site(name, &data.join(name)))
         .collect();
-    consortium.aggregator(&[
-        "job",
-        "create",
-        "--phase",
-        "pretrain",
-        "--rounds",
-        "3",
-        "--min-sites",
-        "2",
-        "--local-epochs",
-        "1",
-        "--round-timeout",
-        "4s",
-    ]);
+    consortium.pretrain_job(3, 2, "4s");
     consortium.serve();
     let agents: Vec<_> = bundles.iter().map(|b| consortium.spawn_agent(b)).collect();
     let late = &agents[2];
@@ -122,28 +98,9 @@ fn a_site_back_after_its_round_closed_is_refused_then_carries_on() {
         std::thread::sleep(Duration::from_millis(5));
     }
     signal(late, "-STOP");
-    let started = std::time::Instant::now();
-    loop {
-        let status = consortium.status();
-        if status["jobs"][0]["rounds"][0]["round"]["status"] == "closed" {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "round 1 never closed: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    consortium.wait_round_closed(1, Duration::from_secs(120));
     signal(late, "-CONT");
-    for (agent, bundle) in agents.into_iter().zip(&bundles) {
-        let output = wait_for(agent, Duration::from_secs(300), "site agent");
-        assert!(
-            output.status.success(),
-            "{}\n{}",
-            std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default(),
-            consortium.server_log()
-        );
-    }
+    consortium.expect_agents_succeed(agents, &bundles, Duration::from_secs(300));
     let log = std::fs::read_to_string(bundles[2].join("agent.log")).unwrap_or_default();
     assert!(
         log.contains("update is for round 1") && log.contains("a stale update is never counted"),

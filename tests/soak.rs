@@ -10,10 +10,10 @@ mod common;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{Consortium, phantom, verify_rounds, wait_for};
+use common::{Consortium, phantom, verify_rounds};
 
 const SITES: [&str; 3] = ["site-00", "site-01", "site-02"];
-const ROUNDS: &str = "50";
+const ROUNDS: u32 = 50;
 
 /// xorshift64*: a fixed sequence of choices without a dependency.
 struct Rng(u64);
@@ -33,33 +33,8 @@ fn consortium(data: &std::path::Path) -> (Consortium, Vec<std::path::PathBuf>) {
         .iter()
         .map(|name| consortium.add_site(name, &data.join(name)))
         .collect();
-    consortium.aggregator(&[
-        "job",
-        "create",
-        "--phase",
-        "pretrain",
-        "--rounds",
-        ROUNDS,
-        "--min-sites",
-        "3",
-        "--local-epochs",
-        "1",
-        "--round-timeout",
-        "30m",
-    ]);
+    consortium.pretrain_job(ROUNDS, 3, "30m");
     (consortium, bundles)
-}
-
-fn finish(consortium: &Consortium, agents: Vec<Child>, bundles: &[std::path::PathBuf]) {
-    for (agent, bundle) in agents.into_iter().zip(bundles) {
-        let output = wait_for(agent, Duration::from_secs(300), "site agent");
-        assert!(
-            output.status.success(),
-            "{}\n{}",
-            std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default(),
-            consortium.server_log()
-        );
-    }
 }
 
 #[test]
@@ -71,7 +46,7 @@ fn random_kills_over_fifty_rounds_end_in_the_undisturbed_model() {
     let (mut calm, calm_bundles) = consortium(data);
     calm.serve();
     let agents = calm_bundles.iter().map(|b| calm.spawn_agent(b)).collect();
-    finish(&calm, agents, &calm_bundles);
+    calm.expect_agents_succeed(agents, &calm_bundles, Duration::from_secs(300));
     let reference = verify_rounds(&calm, &SITES);
 
     let (mut soak, bundles) = consortium(data);
@@ -114,7 +89,7 @@ fn random_kills_over_fifty_rounds_end_in_the_undisturbed_model() {
             agent_kills += 1;
         }
     }
-    finish(&soak, agents, &bundles);
+    soak.expect_agents_succeed(agents, &bundles, Duration::from_secs(300));
     assert!(
         server_kills >= 3 && agent_kills >= 3,
         "too few kills to mean anything: {server_kills} aggregator, {agent_kills} agent"
@@ -133,7 +108,7 @@ fn random_kills_over_fifty_rounds_end_in_the_undisturbed_model() {
     let count = |event: &str| audit.iter().filter(|e| e["event"] == event).count();
     assert_eq!(
         count("round_closed"),
-        ROUNDS.parse::<usize>().expect("rounds"),
+        ROUNDS as usize,
         "every round closed exactly once"
     );
     assert_eq!(count("service_started"), server_kills + 1);

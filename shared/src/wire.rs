@@ -366,6 +366,30 @@ impl TensorMap {
 
     /// Global L2 norm over every value, accumulated in f64 so that large
     /// models do not lose precision or overflow.
+    /// A map with this one's names and shapes, filled with deterministic
+    /// pseudo-random values in [−amplitude, amplitude): an update of
+    /// realistic, incompressible size for benchmarks and tests.
+    pub fn pseudo_random_like(&self, seed: u64, amplitude: f32) -> TensorMap {
+        let mut state = seed | 1;
+        let mut out = TensorMap::new();
+        for (name, t) in self.iter() {
+            let data = (0..t.data().len())
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amplitude
+                })
+                .collect();
+            let tensor = Tensor {
+                shape: t.shape().to_vec(),
+                data,
+            };
+            out.tensors.insert(name.to_string(), tensor);
+        }
+        out
+    }
+
     pub fn l2_norm(&self) -> f64 {
         self.tensors
             .values()

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fedslice::wire::{self, DecodeLimits, PayloadKind, PayloadMeta, TensorMap};
+use fedslice::wire::{self, DecodeLimits, PayloadKind, PayloadMeta};
 use site_agent::client::Client;
 use site_agent::config::SiteConfig;
 
@@ -104,20 +104,7 @@ async fn site_round(
         let model = client.model(&work.model_digest, partial).await?;
         timings.record("model", t);
         let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT)?;
-        // Small pseudo-random values: an update of realistic (incompressible) size.
-        let mut update = TensorMap::new();
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        for (name, t) in global.iter() {
-            let data = (0..t.data().len())
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (state >> 40) as f32 / (1u64 << 24) as f32 * 2e-3 - 1e-3
-                })
-                .collect();
-            update.insert(name, t.shape().to_vec(), data)?;
-        }
+        let update = global.pseudo_random_like(0x9E37_79B9_7F4A_7C15, 1e-3);
         let payload = wire::encode(
             PayloadMeta {
                 kind: PayloadKind::Update,

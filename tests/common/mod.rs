@@ -285,3 +285,55 @@ pub fn verify_rounds(consortium: &Consortium, sites: &[&str]) -> fedslice::wire:
     }
     last.expect("at least one round")
 }
+
+impl Consortium {
+    /// `job create --phase pretrain` with one local epoch per round; returns the job id.
+    pub fn pretrain_job(&self, rounds: u32, min_sites: usize, round_timeout: &str) -> String {
+        self.aggregator(&[
+            "job",
+            "create",
+            "--phase",
+            "pretrain",
+            "--rounds",
+            &rounds.to_string(),
+            "--min-sites",
+            &min_sites.to_string(),
+            "--local-epochs",
+            "1",
+            "--round-timeout",
+            round_timeout,
+        ])
+        .trim()
+        .to_string()
+    }
+
+    /// Waits for each agent to exit and asserts it succeeded, showing its
+    /// log and the aggregator's if not.
+    pub fn expect_agents_succeed(&self, agents: Vec<Child>, bundles: &[PathBuf], limit: Duration) {
+        for (agent, bundle) in agents.into_iter().zip(bundles) {
+            let output = wait_for(agent, limit, "site agent");
+            assert!(
+                output.status.success(),
+                "agent failed:\n{}\naggregator:\n{}",
+                std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default(),
+                self.server_log()
+            );
+        }
+    }
+
+    /// Waits until the first job's round `round` (1-based) has closed.
+    pub fn wait_round_closed(&self, round: usize, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let status = self.status();
+            if status["jobs"][0]["rounds"][round - 1]["round"]["status"] == "closed" {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "round {round} never closed: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
