@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Consortium, fedslice, wait_for};
+use common::{Consortium, phantom_as, wait_for};
 
 fn job(consortium: &Consortium) {
     consortium.pretrain_job(1, 1, "10m");
@@ -31,19 +31,7 @@ fn run_agent(consortium: &Consortium, bundle: &std::path::Path) -> String {
 fn agent_trains_on_dicom_and_reuses_its_preprocessing_cache() {
     let mut consortium = Consortium::init();
     let data = consortium.dir.path().join("data");
-    let output = fedslice()
-        .args(["phantom", "--format", "dicom", "--sites", "1"])
-        .args(["--exams-per-site", "6", "--image-size", "48", "--seed", "3"])
-        .args(["--valid-fraction", "0.34"])
-        .arg("--out")
-        .arg(&data)
-        .output()
-        .expect("run phantom");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    phantom_as("dicom", &data, 1, 6, 3, 48);
     let train = std::fs::read_dir(data.join("site-00/train"))
         .expect("train folder")
         .count();

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use aggregator::blobs::BlobStore;
-use common::{Consortium, phantom};
+use common::{Consortium, assert_bit_identical, phantom};
 use fedslice::wire::{self, DecodeLimits, TensorMap};
 
 const SITES: [&str; 3] = ["site-00", "site-01", "site-02"];
@@ -124,17 +124,7 @@ fn undisturbed() -> &'static TensorMap {
 }
 
 fn assert_same_as_undisturbed(fault: Fault) {
-    let model = run(fault);
-    let reference = undisturbed();
-    assert_eq!(model.len(), reference.len());
-    for ((name, a), (_, b)) in model.iter().zip(reference.iter()) {
-        let same = a
-            .data()
-            .iter()
-            .zip(b.data())
-            .all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "{name} differs from the undisturbed run");
-    }
+    assert_bit_identical(&run(fault), undisturbed(), "the undisturbed run");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::fedslice;
+use common::{fedslice, phantom_as};
 
 #[test]
 fn inspect_lists_exams_and_reasons_without_identifiers() {
@@ -68,18 +68,7 @@ fn inspect_lists_exams_and_reasons_without_identifiers() {
 fn inspect_reads_an_exam_folder_site_with_labels_and_a_bad_file() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cohort = dir.path().join("cohort");
-    let output = fedslice()
-        .args(["phantom", "--format", "dicom", "--sites", "1"])
-        .args(["--exams-per-site", "4", "--image-size", "48", "--seed", "2"])
-        .arg("--out")
-        .arg(&cohort)
-        .output()
-        .expect("run phantom");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    phantom_as("dicom", &cohort, 1, 4, 2, 48);
     let site = cohort.join("site-00");
     let labels = std::fs::read_to_string(site.join("labels.csv")).expect("labels.csv");
     // A file cut short in the middle of one exam's folder.

@@ -10,26 +10,32 @@ use common::Consortium;
 use site_agent::client::Client;
 use site_agent::config::SiteConfig;
 
-#[test]
-fn model_download_resumes_and_rejects_a_foreign_prefix() {
+/// One enrolled site, a one-round job, the aggregator serving.
+fn one_site_with_a_job() -> (Consortium, std::path::PathBuf, SiteConfig) {
     let mut consortium = Consortium::init();
     let bundle = consortium.add_site("site-a", &consortium.dir.path().join("no-data"));
     consortium.aggregator(&["job", "create", "--phase", "pretrain", "--rounds", "1"]);
     consortium.serve();
     let config = SiteConfig::load(&bundle.join("site.toml")).expect("site.toml");
+    (consortium, bundle, config)
+}
+
+async fn first_work(client: &Client) -> fedslice::protocol::Work {
+    loop {
+        let poll = client.poll(Duration::from_secs(5)).await.expect("poll");
+        if let Some(work) = poll.work {
+            return work;
+        }
+    }
+}
+
+#[test]
+fn model_download_resumes_and_rejects_a_foreign_prefix() {
+    let (_consortium, bundle, config) = one_site_with_a_job();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let client = Client::new(&config).expect("client");
-        let work = loop {
-            if let Some(work) = client
-                .poll(Duration::from_secs(5))
-                .await
-                .expect("poll")
-                .work
-            {
-                break work;
-            }
-        };
+        let work = first_work(&client).await;
         let digest = work.model_digest;
         let full = client
             .model(&digest, &bundle.join("full.download"))
@@ -72,47 +78,23 @@ fn model_download_resumes_and_rejects_a_foreign_prefix() {
 /// hash to their announced digest are thrown away.
 #[test]
 fn update_upload_resumes_after_a_dropped_connection() {
-    use fedslice::wire::{self, DecodeLimits, PayloadKind, PayloadMeta};
+    use fedslice::wire::{self, DecodeLimits};
     use site_agent::client::PartOutcome;
 
-    let mut consortium = Consortium::init();
-    let bundle = consortium.add_site("site-a", &consortium.dir.path().join("no-data"));
-    consortium.aggregator(&["job", "create", "--phase", "pretrain", "--rounds", "1"]);
-    consortium.serve();
-    let config = SiteConfig::load(&bundle.join("site.toml")).expect("site.toml");
+    let (consortium, bundle, config) = one_site_with_a_job();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let client = Client::new(&config).expect("client");
-        let work = loop {
-            if let Some(work) = client
-                .poll(Duration::from_secs(5))
-                .await
-                .expect("poll")
-                .work
-            {
-                break work;
-            }
-        };
+        let work = first_work(&client).await;
         let model = client
             .model(&work.model_digest, &bundle.join("model.download"))
             .await
             .expect("model");
         let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT).expect("decode");
         let update = global.pseudo_random_like(0x2545_F491_4F6C_DD1D, 1e-3);
-        let payload = wire::encode(
-            PayloadMeta {
-                kind: PayloadKind::Update,
-                job: work.job.clone(),
-                round: work.round,
-                base_digest: Some(work.model_digest.clone()),
-                samples: 4,
-                metrics: Default::default(),
-            },
-            &update,
-            work.spec.dtype,
-            3,
-        )
-        .expect("encode");
+        let payload = work
+            .encode_update(&update, 4, Default::default())
+            .expect("encode");
         let digest = wire::digest(&payload);
         let total = payload.len() as u64;
         assert!(total > 100_000, "{total} bytes is too small to cut");

@@ -10,7 +10,7 @@ mod common;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{Consortium, phantom, verify_rounds};
+use common::{Consortium, assert_bit_identical, phantom, verify_rounds};
 
 const SITES: [&str; 3] = ["site-00", "site-01", "site-02"];
 const ROUNDS: u32 = 50;
@@ -96,14 +96,7 @@ fn random_kills_over_fifty_rounds_end_in_the_undisturbed_model() {
     );
 
     let last = verify_rounds(&soak, &SITES);
-    for ((name, a), (_, b)) in last.iter().zip(reference.iter()) {
-        let same = a
-            .data()
-            .iter()
-            .zip(b.data())
-            .all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "{name} differs from the undisturbed run");
-    }
+    assert_bit_identical(&last, &reference, "the undisturbed run");
     let audit = soak.audit();
     let count = |event: &str| audit.iter().filter(|e| e["event"] == event).count();
     assert_eq!(

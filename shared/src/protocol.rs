@@ -127,6 +127,27 @@ pub struct Work {
     pub deadline_unix_s: u64,
 }
 
+impl Work {
+    /// The upload payload of this work's result: `delta` from the round's
+    /// global model, in the job's dtype.
+    pub fn encode_update(
+        &self,
+        delta: &crate::wire::TensorMap,
+        samples: u64,
+        metrics: std::collections::BTreeMap<String, f64>,
+    ) -> Result<Vec<u8>, crate::wire::WireError> {
+        let meta = crate::wire::PayloadMeta {
+            kind: crate::wire::PayloadKind::Update,
+            job: self.job.clone(),
+            round: self.round,
+            base_digest: Some(self.model_digest.clone()),
+            samples,
+            metrics,
+        };
+        crate::wire::encode(meta, delta, self.spec.dtype, 3)
+    }
+}
+
 /// Answer to a long-poll for work.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PollResponse {

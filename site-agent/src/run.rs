@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use fedslice::federated::{SiteExams, train_round};
 use fedslice::protocol::Work;
-use fedslice::wire::{self, DecodeLimits, PayloadKind, PayloadMeta};
+use fedslice::wire::{self, DecodeLimits};
 use rand::Rng;
 
 use crate::client::{Client, Refused};
@@ -184,19 +184,8 @@ async fn do_round(
             })
             .await
             .context("local training panicked")??;
-            let payload = wire::encode(
-                PayloadMeta {
-                    kind: PayloadKind::Update,
-                    job: work.job.clone(),
-                    round: work.round,
-                    base_digest: Some(work.model_digest.clone()),
-                    samples: update.samples,
-                    metrics: update.metrics.clone(),
-                },
-                &update.delta,
-                work.spec.dtype,
-                3,
-            )?;
+            let payload =
+                work.encode_update(&update.delta, update.samples, update.metrics.clone())?;
             write_atomic(&outbox, &payload)?;
             (payload, update.metrics)
         }

@@ -12,7 +12,6 @@ use fedslice::data::cache::PreparedCache;
 use fedslice::data::plane::Plane;
 use fedslice::data::preprocess::{PreparedExam, PreprocessConfig};
 use fedslice::data::source::{self, ExamSource, Split};
-use rayon::prelude::*;
 
 pub struct SiteData {
     pub name: String,
@@ -41,13 +40,9 @@ impl SiteData {
             .filter(|e| e.split == Split::Train)
             .collect();
         anyhow::ensure!(!train.is_empty(), "{}: no training exams", dir.display());
-        let hashed: Vec<_> = train.into_par_iter().map(|e| (e.digest(), e)).collect();
-        let mut exams = Vec::with_capacity(hashed.len());
-        for (digest, exam) in hashed {
-            match digest {
-                Ok(d) => exams.push((exam, d)),
-                Err(e) => tracing::warn!(exam = %exam.id, "left out: {e}"),
-            }
+        let (exams, unreadable) = source::digest_all(train);
+        for (exam, e) in unreadable {
+            tracing::warn!(exam = %exam.id, "left out: {e}");
         }
         anyhow::ensure!(
             !exams.is_empty(),

@@ -59,11 +59,10 @@ fn pass(
 ) -> anyhow::Result<(usize, f64)> {
     let started = Instant::now();
     let listed = source::list_site(site)?;
-    let exams: Vec<_> = listed
-        .exams
-        .into_iter()
-        .map(|e| e.digest().map(|d| (e, d)))
-        .collect::<Result<_, _>>()?;
+    let (exams, unreadable) = source::digest_all(listed.exams);
+    if let Some((exam, e)) = unreadable.into_iter().next() {
+        anyhow::bail!("exam {}: {e}", exam.id);
+    }
     let (prepared, summary) = cache.prepare_all(&exams, config, &|| {});
     anyhow::ensure!(
         summary.failed.is_empty(),

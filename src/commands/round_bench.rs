@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fedslice::wire::{self, DecodeLimits, PayloadKind, PayloadMeta};
+use fedslice::wire::{self, DecodeLimits};
 use site_agent::client::Client;
 use site_agent::config::SiteConfig;
 
@@ -105,19 +105,7 @@ async fn site_round(
         timings.record("model", t);
         let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT)?;
         let update = global.pseudo_random_like(0x9E37_79B9_7F4A_7C15, 1e-3);
-        let payload = wire::encode(
-            PayloadMeta {
-                kind: PayloadKind::Update,
-                job: work.job.clone(),
-                round: work.round,
-                base_digest: Some(work.model_digest.clone()),
-                samples: 1,
-                metrics: Default::default(),
-            },
-            &update,
-            work.spec.dtype,
-            3,
-        )?;
+        let payload = work.encode_update(&update, 1, Default::default())?;
         let bytes = payload.len();
         let t = Instant::now();
         client.upload(payload).await?;

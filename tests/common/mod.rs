@@ -210,11 +210,25 @@ pub fn wait_for(mut child: Child, limit: Duration, what: &str) -> Output {
 }
 
 pub fn phantom(out: &Path, sites: usize, exams: usize, seed: u64, image_size: usize) {
+    phantom_as("mrnet", out, sites, exams, seed, image_size);
+}
+
+/// `fedslice phantom --format FORMAT` with a quarter of each site held out.
+pub fn phantom_as(
+    format: &str,
+    out: &Path,
+    sites: usize,
+    exams: usize,
+    seed: u64,
+    image_size: usize,
+) {
     let output = fedslice()
         .arg("phantom")
         .arg("--out")
         .arg(out)
         .args([
+            "--format",
+            format,
             "--sites",
             &sites.to_string(),
             "--exams-per-site",
@@ -335,5 +349,26 @@ impl Consortium {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Asserts two models have the same tensors, bit for bit.
+pub fn assert_bit_identical(
+    model: &fedslice::wire::TensorMap,
+    reference: &fedslice::wire::TensorMap,
+    what: &str,
+) {
+    assert_eq!(
+        model.schema(),
+        reference.schema(),
+        "{what}: different tensors"
+    );
+    for ((name, a), (_, b)) in model.iter().zip(reference.iter()) {
+        let same = a
+            .data()
+            .iter()
+            .zip(b.data())
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{name} differs from {what}");
     }
 }

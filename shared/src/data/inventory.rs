@@ -125,10 +125,16 @@ pub fn inspect_in(root: &Path, plane: Plane) -> Result<Inventory, dicom::DicomEr
                         SourceFormat::Nifti => {
                             inspect_nifti(root, &exam.path, plane, &mut inventory);
                         }
-                        _ => {
-                            let scan = dicom::scan_dir(&exam.path)?;
-                            inspect_dicom(root, scan, plane, &mut inventory);
-                        }
+                        // One unreadable exam folder is that exam's problem.
+                        _ => match dicom::scan_dir(&exam.path) {
+                            Ok(scan) => {
+                                inspect_dicom(root, scan, plane, &mut inventory);
+                            }
+                            Err(e) => inventory.skipped.push(SkippedEntry {
+                                path: relative(root, &exam.path),
+                                reason: e.to_string(),
+                            }),
+                        },
                     }
                     let found = inventory.exams.len() - first;
                     for entry in &mut inventory.exams[first..] {

@@ -152,16 +152,18 @@ impl ExamSource {
             SourceFormat::Mrnet => Ok(vec![self.path.clone()]),
             SourceFormat::Nifti => {
                 let mut files = vec![self.path.clone()];
-                for img in ["img", "img.gz"] {
-                    let pair = self.path.with_extension(img);
-                    if self
-                        .path
-                        .extension()
-                        .is_some_and(|e| e.eq_ignore_ascii_case("hdr"))
-                        && pair.is_file()
-                    {
-                        files.push(pair);
-                    }
+                // An Analyze-style pair: the voxels are in the .img beside the .hdr.
+                if self
+                    .path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("hdr"))
+                {
+                    files.extend(
+                        ["img", "img.gz"]
+                            .map(|ext| self.path.with_extension(ext))
+                            .into_iter()
+                            .filter(|pair| pair.is_file()),
+                    );
                 }
                 Ok(files)
             }
@@ -212,6 +214,24 @@ impl ExamSource {
         }
         Ok(hex::encode(hasher.finalize()))
     }
+}
+
+/// Hashed exams (ready for the cache) and those whose files could not be read.
+pub type Digested = (Vec<(ExamSource, String)>, Vec<(ExamSource, SourceError)>);
+
+/// Hashes every exam's files (in parallel, order kept): the cache key input.
+pub fn digest_all(exams: Vec<ExamSource>) -> Digested {
+    use rayon::prelude::*;
+    let hashed: Vec<_> = exams.into_par_iter().map(|e| (e.digest(), e)).collect();
+    let mut ok = Vec::with_capacity(hashed.len());
+    let mut failed = Vec::new();
+    for (digest, exam) in hashed {
+        match digest {
+            Ok(d) => ok.push((exam, d)),
+            Err(e) => failed.push((exam, e)),
+        }
+    }
+    (ok, failed)
 }
 
 fn site_name(dir: &Path) -> String {
