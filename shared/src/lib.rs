@@ -16,6 +16,7 @@ pub mod bench;
 pub mod data;
 pub mod device;
 pub mod experiment;
+pub mod export;
 pub mod federated;
 pub mod metrics;
 pub mod model;

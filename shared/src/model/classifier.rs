@@ -56,6 +56,25 @@ impl SliceTransformer {
         }
         self.norm.forward(x).narrow(1, 0, 1).reshape([1, d])
     }
+
+    /// Each slice pooled alone, as a one-slice exam that keeps the slice's
+    /// position in the whole exam: `[S, D]` → `[S, D]`, batched over slices.
+    fn forward_each(&self, slices: Tensor<2>) -> Tensor<2> {
+        let [count, d] = slices.dims();
+        let table = self.slice_pos.val();
+        let [table_len, _] = table.dims();
+        let index = Tensor::<1, Int>::from_ints(
+            relative_positions(count, table_len).as_slice(),
+            &slices.device(),
+        );
+        let exam = self.exam_token.val().expand([count, d]) + slices.clone();
+        let positioned = slices + table.select(0, index);
+        let mut x = Tensor::stack::<3>(vec![exam, positioned], 1); // [S, 2, D]
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        self.norm.forward(x).narrow(1, 0, 1).reshape([count, d])
+    }
 }
 
 /// Maps slice i of `count` onto the position table by relative location, so
@@ -123,6 +142,24 @@ impl ExamClassifier {
         let logits = self.head.forward(pooled);
         let [n, _] = logits.dims();
         logits.reshape([n])
+    }
+
+    /// One exam, `[S, 1, H, W]` → (exam logit `[1]`, slice logits `[S]`). A
+    /// slice's logit is the classifier's logit for that slice alone, at its
+    /// place in the exam: a pointer for review, not a localisation.
+    pub fn forward_exam_with_slices(&self, slices: Tensor<4>) -> (Tensor<1>, Tensor<1>) {
+        let [count, ..] = slices.dims();
+        let embeddings = self.encoder.forward_cls(slices);
+        let (exam, each) = match &self.pooler {
+            Some(pooler) => (
+                pooler.forward(embeddings.clone()),
+                pooler.forward_each(embeddings),
+            ),
+            None => (embeddings.clone().max_dim(0), embeddings),
+        };
+        let exam_logit = self.head.forward(exam).reshape([1]);
+        let slice_logits = self.head.forward(each).reshape([count]);
+        (exam_logit, slice_logits)
     }
 }
 

@@ -26,6 +26,11 @@ pub use error::DicomError;
 pub use geometry::{Plane, Spacing, plane_of, slice_normal};
 pub use identity::{Identifier, SeriesKey};
 pub use open::MAX_FILE_BYTES;
+
+/// Parses a file's header (everything before Pixel Data), whatever its layout.
+pub fn open_header(path: &std::path::Path) -> Result<dicom_object::DefaultDicomObject, DicomError> {
+    open::open(path, open::Depth::Header)
+}
 pub use pixels::MAX_DECODED_BYTES;
 pub use series::{
     DicomScan, DicomSeries, SeriesEntry, SeriesInfo, SeriesLayout, SkippedFile, SliceOrder,

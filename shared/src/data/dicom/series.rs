@@ -138,6 +138,17 @@ impl StudyEntry {
 }
 
 impl SeriesLayout {
+    /// The files holding the slices, in slice order, each once.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::with_capacity(self.slices.len());
+        for slice in &self.slices {
+            if out.last() != Some(&slice.path) {
+                out.push(slice.path.clone());
+            }
+        }
+        out
+    }
+
     /// Decodes every slice into a volume.
     ///
     /// Every file is decoded before the volume is allocated: only decoding
