@@ -30,11 +30,26 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// One-machine federated demo: aggregator + one agent per site over mutual TLS on loopback.
     Demo(DemoArgs),
+    /// Write a `train` run's classifier as a radiology bundle (timm safetensors, ONNX, config, model card, digests).
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A `fedslice train` run folder (holds model/ and report.json).
+    #[arg(long = "from")]
+    pub from: PathBuf,
+    /// The bundle folder to write (replaced whole if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The training report, if not RUN_DIR/report.json.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct EvaluateArgs {
-    /// Model folder (model.safetensors + config.json), from `train` or `aggregator export`.
+    /// A bundle (`export`, `aggregator export`) or a `train` run's model/ folder.
     #[arg(long)]
     pub model: PathBuf,
     /// Cohort folder: one site (MRNet or exam-folder layout: DICOM / NIfTI) or a folder of sites.

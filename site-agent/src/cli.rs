@@ -38,6 +38,23 @@ pub enum Command {
         #[arg(long, default_value = "sagittal")]
         plane: fedslice::data::plane::Plane,
     },
+    /// Run an exported classifier bundle on one exam: a DICOM series or study folder, a NIfTI file or an MRNet .npy.
+    Predict {
+        /// The bundle folder (`aggregator export` / `fedslice export`).
+        #[arg(long)]
+        model: PathBuf,
+        /// The exam: DICOM folder (series or whole study; the model's plane is picked), .nii[.gz] or .npy.
+        #[arg(long)]
+        input: PathBuf,
+        /// Write the JSON result here instead of standard output.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also write a DICOM Comprehensive SR here (DICOM input only).
+        #[arg(long)]
+        sr: Option<PathBuf>,
+        #[arg(long, default_value = "flex")]
+        device: String,
+    },
     /// Join the consortium: wait for work, train locally, upload updates.
     Run {
         #[arg(long)]
@@ -92,6 +109,19 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect { data, json, plane } => {
             crate::inspect::run(&data, plane, json.as_deref())
         }
+        Command::Predict {
+            model,
+            input,
+            json,
+            sr,
+            device,
+        } => crate::predict::run(crate::predict::PredictOptions {
+            model: &model,
+            input: &input,
+            json: json.as_deref(),
+            sr: sr.as_deref(),
+            device: &device,
+        }),
         Command::Run {
             config,
             until_idle,

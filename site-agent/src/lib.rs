@@ -5,13 +5,16 @@
 //!
 //! It must never send pixels, headers or identifiers off the site: the only
 //! things it uploads are model deltas, sample counts and aggregate metrics, and
-//! it never opens a listening port.
+//! the training agent never opens a listening port. The inference services
+//! (`predict`, and the listeners built on it) run an exported bundle inside
+//! the hospital and send nothing to the consortium.
 
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod inspect;
 pub mod payload_log;
+pub mod predict;
 pub mod progress;
 pub mod run;
 pub mod site_data;

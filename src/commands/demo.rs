@@ -14,8 +14,8 @@ use fedslice::data::cohort::{self, SiteData};
 use fedslice::data::preprocess::PreparedExam;
 use fedslice::device::{self, BackendKind};
 use fedslice::experiment::{self, ExperimentConfig};
+use fedslice::export::open_classifier;
 use fedslice::metrics;
-use fedslice::model::load_classifier;
 use fedslice::protocol::JobSpec;
 use fedslice::train;
 use site_agent::payload_log::PayloadLog;
@@ -333,7 +333,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         &model_dir.display().to_string(),
     ])?;
     let device = device::open(BackendKind::Flex)?;
-    let (classifier, meta) = load_classifier(&model_dir, &device)?;
+    let (classifier, meta) = open_classifier(&model_dir, &device)?;
     let test = super::evaluate::held_out(&sites, &meta.preprocess);
     let labels: Vec<bool> = test.iter().filter_map(|e| e.label).collect();
     let scores = train::predict(&classifier, &test, &device);

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod evaluate;
+mod export;
 mod ingest_bench;
 mod phantom;
 mod round_bench;
@@ -17,5 +18,6 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Export(args) => export::run(args),
     }
 }

@@ -115,7 +115,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     save_classifier(
         &model_dir,
         &classifier,
-        &ClassifierMeta::new(config.model.clone(), preprocess, report.threshold),
+        &ClassifierMeta {
+            plane: args.plane,
+            ..ClassifierMeta::new(config.model.clone(), preprocess, report.threshold)
+        },
     )?;
     let report_path = args
         .report

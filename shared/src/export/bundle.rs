@@ -15,7 +15,7 @@ use super::timm::{LayoutError, from_bundle_layout, to_bundle_layout};
 use crate::data::plane::Plane;
 use crate::data::preprocess::PreprocessConfig;
 use crate::federated::{from_tensor_map, to_tensor_map};
-use crate::model::{ClassifierConfig, ExamClassifier, VitConfig};
+use crate::model::{ClassifierConfig, ClassifierMeta, ExamClassifier, VitConfig};
 use crate::wire::{self, Dtype, TensorMap};
 
 pub const FORMAT: &str = "fedslice-classifier-bundle";
@@ -395,4 +395,47 @@ pub fn verify_digests(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, BundleErr
     }
     files.insert(SUMS_FILE.to_owned(), sums);
     Ok(files)
+}
+
+impl BundleConfig {
+    /// The bundle config for a classifier saved by training (`ClassifierMeta`).
+    pub fn from_meta(meta: &ClassifierMeta, threshold_source: impl Into<String>) -> Self {
+        Self::new(
+            meta.model.clone(),
+            meta.preprocess.clone(),
+            meta.plane,
+            meta.threshold,
+            threshold_source,
+        )
+    }
+
+    /// What training-side code (evaluation, the demo) needs from a bundle.
+    pub fn to_meta(&self) -> ClassifierMeta {
+        let mut meta = ClassifierMeta::new(
+            self.architecture.clone(),
+            self.preprocess.clone(),
+            self.threshold,
+        );
+        meta.plane = self.plane;
+        meta.labels = self.labels.clone();
+        meta
+    }
+}
+
+/// Loads a classifier from either an exported bundle (verified) or a
+/// training checkpoint folder (`model.safetensors` + `config.json` in burn's
+/// layout, as `fedslice train` writes into RUN_DIR/model).
+pub fn open_classifier(
+    dir: &Path,
+    device: &Device,
+) -> Result<(ExamClassifier, ClassifierMeta), BundleError> {
+    if dir.join(SUMS_FILE).exists() {
+        let bundle = Bundle::open(dir, device)?;
+        let meta = bundle.config.to_meta();
+        return Ok((bundle.model, meta));
+    }
+    crate::model::load_classifier(dir, device).map_err(|e| BundleError::Invalid {
+        path: dir.to_path_buf(),
+        reason: format!("neither a bundle (no SHA256SUMS) nor a training checkpoint: {e}"),
+    })
 }

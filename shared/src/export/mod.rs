@@ -11,5 +11,14 @@ pub mod predict;
 pub mod sr;
 pub mod timm;
 
-pub use bundle::{Bundle, BundleConfig, BundleError, ExtraFile, write_bundle};
+pub use bundle::{Bundle, BundleConfig, BundleError, ExtraFile, open_classifier, write_bundle};
 pub use card::{Origin, Provenance, ValidationRow};
+
+/// The bundle's `model.onnx`, recorded in `config`. Empty until the ONNX
+/// writer is built in.
+pub fn onnx_extra(
+    _model: &crate::model::ExamClassifier,
+    _config: &mut BundleConfig,
+) -> Result<Vec<ExtraFile>, BundleError> {
+    Ok(Vec::new())
+}

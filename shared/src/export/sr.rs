@@ -197,7 +197,6 @@ pub fn write_sr(prediction: &Prediction, out: &Path) -> Result<WrittenReport, Sr
     let series_uid = new_uid();
     let (date, time) = now_da_tm();
     let mut obj = InMemDicomObject::from_element_iter([
-        text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
         text(tags::SOP_CLASS_UID, VR::UI, uids::COMPREHENSIVE_SR_STORAGE),
         text(tags::SOP_INSTANCE_UID, VR::UI, &sop_uid),
         text(tags::STUDY_INSTANCE_UID, VR::UI, &series.study_instance_uid),
@@ -248,6 +247,7 @@ pub fn write_sr(prediction: &Prediction, out: &Path) -> Result<WrittenReport, Sr
         ),
         text(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"),
     ]);
+    let mut copied_non_ascii = false;
     for (tag, vr) in COPIED {
         let value = source
             .element_opt(tag)
@@ -255,6 +255,7 @@ pub fn write_sr(prediction: &Prediction, out: &Path) -> Result<WrittenReport, Sr
             .flatten()
             .and_then(|e| e.to_str().ok())
             .map(|s| s.trim_end_matches(['\0', ' ']).to_owned());
+        copied_non_ascii |= value.as_ref().is_some_and(|v| !v.is_ascii());
         match value {
             Some(v) => obj.put(text(tag, vr, &v)),
             None if TYPE2.contains(&tag) => obj.put(text(tag, vr, "")),
@@ -307,6 +308,23 @@ pub fn write_sr(prediction: &Prediction, out: &Path) -> Result<WrittenReport, Sr
         ),
     ];
     obj.put(sequence(tags::CONTENT_SEQUENCE, content));
+    obj.put(sequence(
+        tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            text(tags::CODING_SCHEME_DESIGNATOR, VR::SH, PRIVATE_SCHEME),
+            text(tags::CODING_SCHEME_NAME, VR::ST, "fedslice concepts"),
+            text(
+                tags::CODING_SCHEME_RESPONSIBLE_ORGANIZATION,
+                VR::ST,
+                "fedslice project",
+            ),
+        ])],
+    ));
+    // Copied names may carry accents: declare UTF-8 only then, so plain
+    // ASCII reports stay in the default repertoire every reader handles.
+    if copied_non_ascii {
+        obj.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
+    }
 
     let write_err = |reason: String| SrError::Write {
         path: out.to_path_buf(),

@@ -71,6 +71,10 @@ pub fn evaluate_global(
     let mut out = BTreeMap::new();
     let labels: Vec<bool> = validation.iter().filter_map(|e| e.label).collect();
     out.insert("val_exams".into(), labels.len() as f64);
+    out.insert(
+        "val_positives".into(),
+        labels.iter().filter(|&&l| l).count() as f64,
+    );
     if labels.iter().any(|&l| l) && labels.iter().any(|&l| !l) {
         let scores = train::predict(model, validation, device);
         out.insert("val_auc".into(), metrics::roc_auc(&scores, &labels)?);

@@ -65,6 +65,9 @@ pub struct ClassifierMeta {
     /// Decision threshold on the tear probability (`p >= threshold` ⇒ tear).
     pub threshold: f64,
     pub labels: [String; 2],
+    /// The plane the classifier was trained on.
+    #[serde(default)]
+    pub plane: crate::data::plane::Plane,
 }
 
 impl ClassifierMeta {
@@ -81,6 +84,7 @@ impl ClassifierMeta {
             preprocess,
             threshold,
             labels: ["intact".into(), "acl_tear".into()],
+            plane: crate::data::plane::Plane::default(),
         }
     }
 }
