@@ -218,4 +218,8 @@ pub struct BenchArgs {
     /// Slice side of the phantom exams for `--ingest`.
     #[arg(long, default_value_t = 256)]
     pub ingest_side: usize,
+    /// Instead of training steps: predictor latency per exam (DICOM read,
+    /// preprocessing, classifier with slice scores) per preset and device.
+    #[arg(long)]
+    pub predict: bool,
 }

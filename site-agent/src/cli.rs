@@ -55,6 +55,19 @@ pub enum Command {
         #[arg(long, default_value = "flex")]
         device: String,
     },
+    /// Serve a classifier bundle over HTTP inside the hospital: POST /v1/predict (multipart DICOM, tar, zip or one DICOM file), GET /health, GET /v1/model.
+    ServeModel {
+        #[arg(long)]
+        model: PathBuf,
+        /// Address to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Largest request body accepted, in MiB.
+        #[arg(long, default_value_t = 512)]
+        max_body_mb: usize,
+        #[arg(long, default_value = "flex")]
+        device: String,
+    },
     /// Join the consortium: wait for work, train locally, upload updates.
     Run {
         #[arg(long)]
@@ -121,6 +134,17 @@ fn run(command: Command) -> anyhow::Result<()> {
             json: json.as_deref(),
             sr: sr.as_deref(),
             device: &device,
+        }),
+        Command::ServeModel {
+            model,
+            listen,
+            max_body_mb,
+            device,
+        } => crate::serve_model::run(crate::serve_model::ServeModelOptions {
+            model,
+            listen,
+            max_body_bytes: max_body_mb.saturating_mul(1 << 20),
+            device,
         }),
         Command::Run {
             config,

@@ -17,4 +17,5 @@ pub mod payload_log;
 pub mod predict;
 pub mod progress;
 pub mod run;
+pub mod serve_model;
 pub mod site_data;

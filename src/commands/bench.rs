@@ -47,6 +47,9 @@ fn run_aggregation(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.predict {
+        return super::predict_bench::run(&args.presets, &args.device, args.steps, args.json);
+    }
     if args.ingest {
         return super::ingest_bench::run(args.ingest_exams, args.ingest_side, args.json);
     }

@@ -6,6 +6,7 @@ mod evaluate;
 mod export;
 mod ingest_bench;
 mod phantom;
+mod predict_bench;
 mod round_bench;
 mod train;
 

