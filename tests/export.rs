@@ -9,31 +9,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fedslice, phantom_as};
-
-/// CI installs DCMTK and dicom3tools and sets this, so the SR checks cannot
-/// silently skip there.
-fn dicom_tools_required() -> bool {
-    std::env::var_os("FEDSLICE_REQUIRE_DICOM_TOOLS").is_some()
-}
-
-fn tool_available(name: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn run_ok(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{
+    dicom_tools_required, fedslice, phantom_as, run_ok, tool_available, train_and_export,
+};
 
 fn predict(bundle: &Path, input: &Path, json: &Path, sr: Option<&Path>) -> serde_json::Value {
     let mut cmd = fedslice();
@@ -57,32 +35,7 @@ fn exported_model_predicts_what_training_evaluated_and_reports_in_dicom() {
     for format in ["dicom", "nifti", "mrnet"] {
         phantom_as(format, &root.join(format), 2, 12, 3, 64);
     }
-    let run = root.join("run");
-    run_ok(
-        fedslice()
-            .args(["train", "--data"])
-            .arg(root.join("dicom"))
-            .args([
-                "--preset",
-                "test",
-                "--pretrain-epochs",
-                "1",
-                "--finetune-epochs",
-                "2",
-                "--out",
-            ])
-            .arg(&run),
-        "train",
-    );
-    let bundle = root.join("bundle");
-    run_ok(
-        fedslice()
-            .args(["export", "--from"])
-            .arg(&run)
-            .arg("--out")
-            .arg(&bundle),
-        "export",
-    );
+    let (run, bundle) = train_and_export(&root.join("dicom"), root);
     for file in [
         "model.safetensors",
         "config.json",

@@ -68,6 +68,38 @@ pub enum Command {
         #[arg(long, default_value = "flex")]
         device: String,
     },
+    /// Run a DICOM node (C-STORE / C-ECHO SCP) that classifies each MR series a PACS or router sends it,
+    /// writing result.json and a Comprehensive SR beside the series and optionally sending the SR on.
+    DicomNode {
+        /// The bundle folder (`aggregator export` / `fedslice export`).
+        #[arg(long)]
+        model: PathBuf,
+        /// This node's AE title; associations calling another title are rejected.
+        #[arg(long)]
+        ae_title: String,
+        /// TCP port to listen on (104 and 11112 are the usual DICOM ports).
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "0.0.0.0")]
+        listen_host: String,
+        /// Where received series, results and reports are kept.
+        #[arg(long, default_value = "dicom-node-storage")]
+        storage: PathBuf,
+        /// Seconds without a new instance after which a series counts as complete.
+        #[arg(long, default_value = "10", value_parser = crate::dicom_node::parse_quiet_period)]
+        quiet_period: Duration,
+        /// Send each SR here with C-STORE: AE@HOST:PORT.
+        #[arg(long)]
+        destination: Option<crate::dicom_node::Destination>,
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// Associations served at once; more are rejected (transient, local limit exceeded).
+        #[arg(long, default_value_t = 8)]
+        max_associations: usize,
+        /// Largest PDU this node accepts, in bytes.
+        #[arg(long, default_value_t = 65536)]
+        max_pdu: u32,
+    },
     /// Join the consortium: wait for work, train locally, upload updates.
     Run {
         #[arg(long)]
@@ -145,6 +177,29 @@ fn run(command: Command) -> anyhow::Result<()> {
             listen,
             max_body_bytes: max_body_mb.saturating_mul(1 << 20),
             device,
+        }),
+        Command::DicomNode {
+            model,
+            ae_title,
+            port,
+            listen_host,
+            storage,
+            quiet_period,
+            destination,
+            device,
+            max_associations,
+            max_pdu,
+        } => crate::dicom_node::run(crate::dicom_node::NodeOptions {
+            model: &model,
+            ae_title: &ae_title,
+            port,
+            listen_host: &listen_host,
+            storage: &storage,
+            quiet_period,
+            destination,
+            device: &device,
+            max_associations,
+            max_pdu,
         }),
         Command::Run {
             config,

@@ -6,12 +6,14 @@
 //! It must never send pixels, headers or identifiers off the site: the only
 //! things it uploads are model deltas, sample counts and aggregate metrics, and
 //! the training agent never opens a listening port. The inference services
-//! (`predict`, and the listeners built on it) run an exported bundle inside
-//! the hospital and send nothing to the consortium.
+//! (`predict`, and the listeners built on it such as `dicom-node`, which does
+//! open a DICOM port inside the hospital) run an exported bundle inside the
+//! hospital and send nothing to the consortium.
 
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dicom_node;
 pub mod inspect;
 pub mod payload_log;
 pub mod predict;

@@ -209,6 +209,57 @@ pub fn wait_for(mut child: Child, limit: Duration, what: &str) -> Output {
     }
 }
 
+/// CI installs DCMTK and dicom3tools and sets this, so the tests that use
+/// them cannot silently skip there.
+pub fn dicom_tools_required() -> bool {
+    std::env::var_os("FEDSLICE_REQUIRE_DICOM_TOOLS").is_some()
+}
+
+pub fn tool_available(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs `cmd` and returns its stdout (panics, with its output, on failure).
+pub fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    check(out, what)
+}
+
+/// Trains the test preset briefly on the DICOM cohort `data` (`root/run`)
+/// and exports it as a bundle (`root/bundle`); returns the run and bundle folders.
+pub fn train_and_export(data: &Path, root: &Path) -> (PathBuf, PathBuf) {
+    let run = root.join("run");
+    run_ok(
+        fedslice()
+            .args(["train", "--data"])
+            .arg(data)
+            .args([
+                "--preset",
+                "test",
+                "--pretrain-epochs",
+                "1",
+                "--finetune-epochs",
+                "2",
+                "--out",
+            ])
+            .arg(&run),
+        "train",
+    );
+    let bundle = root.join("bundle");
+    run_ok(
+        fedslice()
+            .args(["export", "--from"])
+            .arg(&run)
+            .arg("--out")
+            .arg(&bundle),
+        "export",
+    );
+    (run, bundle)
+}
+
 pub fn phantom(out: &Path, sites: usize, exams: usize, seed: u64, image_size: usize) {
     phantom_as("mrnet", out, sites, exams, seed, image_size);
 }

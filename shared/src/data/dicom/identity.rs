@@ -59,6 +59,15 @@ impl SeriesKey {
         Self(hex)
     }
 
+    /// The key a scan gives the series with these (trimmed) UIDs: for a
+    /// receiver that files instances as they arrive, before any scan.
+    pub fn of_uids(study_instance_uid: &str, series_instance_uid: &str) -> Self {
+        Self::digest(
+            &Identifier::new(study_instance_uid),
+            &Identifier::new(series_instance_uid),
+        )
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
