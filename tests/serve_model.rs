@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
-use common::{fedslice, phantom_as};
+use common::{fedslice, phantom_as, run_ok, train_and_export};
 
 struct Server(Child);
 
@@ -19,46 +19,11 @@ impl Drop for Server {
     }
 }
 
-fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A trained `test`-preset bundle and the DICOM cohort it was trained on.
 fn trained_bundle(root: &Path) -> (PathBuf, PathBuf) {
     let data = root.join("dicom");
     phantom_as("dicom", &data, 2, 12, 3, 64);
-    let run = root.join("run");
-    run_ok(
-        fedslice()
-            .args(["train", "--data"])
-            .arg(&data)
-            .args([
-                "--preset",
-                "test",
-                "--pretrain-epochs",
-                "1",
-                "--finetune-epochs",
-                "1",
-                "--out",
-            ])
-            .arg(&run),
-        "train",
-    );
-    let bundle = root.join("bundle");
-    run_ok(
-        fedslice()
-            .args(["export", "--from"])
-            .arg(&run)
-            .arg("--out")
-            .arg(&bundle),
-        "export",
-    );
+    let (_, bundle) = train_and_export(&data, root);
     (bundle, data)
 }
 
@@ -87,6 +52,28 @@ fn start(bundle: &Path, max_body_mb: usize) -> (Server, String) {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
     (Server(child), format!("http://{addr}"))
+}
+
+/// A copy of `bundle` whose config names another plane, re-signed so it loads.
+fn copy_with_plane(bundle: &Path, out: &Path, plane: &str) {
+    std::fs::create_dir_all(out).expect("mkdir");
+    let mut sums = String::new();
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "MODEL_CARD.md",
+        "provenance.json",
+    ] {
+        let mut bytes = std::fs::read(bundle.join(name)).expect("bundle file");
+        if name == "config.json" {
+            let mut config: serde_json::Value = serde_json::from_slice(&bytes).expect("config");
+            config["plane"] = plane.into();
+            bytes = serde_json::to_vec_pretty(&config).expect("json");
+        }
+        sums.push_str(&format!("{}  {name}\n", fedslice::wire::digest(&bytes)));
+        std::fs::write(out.join(name), bytes).expect("write");
+    }
+    std::fs::write(out.join("SHA256SUMS"), sums).expect("sums");
 }
 
 fn multipart(files: &[Vec<u8>], boundary: &str) -> Vec<u8> {
@@ -260,6 +247,25 @@ async fn serve_model_answers_like_predict_and_refuses_clearly() {
     // Over the 2 MiB body limit.
     let (status, _) = post(&client, &url, "application/dicom", vec![0u8; 3 << 20]).await;
     assert_eq!(status, 413);
+    // A model for another plane finds no series it can read in a sagittal upload.
+    let coronal = root.join("coronal-bundle");
+    copy_with_plane(&bundle, &coronal, "coronal");
+    let (_coronal_server, coronal_url) = start(&coronal, 2);
+    let (status, json) = post(
+        &client,
+        &coronal_url,
+        &format!("multipart/form-data; boundary={boundary}"),
+        multipart(
+            &files.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(),
+            boundary,
+        ),
+    )
+    .await;
+    assert_eq!(
+        (status, json["error"].as_str()),
+        (422, Some("no_series_in_plane")),
+        "{json}"
+    );
     // Still serving after all that.
     let (status, _) = post(&client, &url, "application/x-tar", {
         let mut tar = tar::Builder::new(Vec::new());
