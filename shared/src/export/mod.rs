@@ -5,6 +5,7 @@
 
 pub mod bundle;
 pub mod card;
+pub mod onnx;
 #[cfg(feature = "readers")]
 pub mod predict;
 #[cfg(feature = "readers")]
