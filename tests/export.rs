@@ -38,6 +38,7 @@ fn exported_model_predicts_what_training_evaluated_and_reports_in_dicom() {
     let (run, bundle) = train_and_export(&root.join("dicom"), root);
     for file in [
         "model.safetensors",
+        "model.onnx",
         "config.json",
         "MODEL_CARD.md",
         "provenance.json",

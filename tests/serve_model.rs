@@ -61,6 +61,7 @@ fn copy_with_plane(bundle: &Path, out: &Path, plane: &str) {
     for name in [
         "config.json",
         "model.safetensors",
+        "model.onnx",
         "MODEL_CARD.md",
         "provenance.json",
     ] {

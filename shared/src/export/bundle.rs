@@ -317,6 +317,14 @@ impl Bundle {
             path: config_path,
             reason,
         })?;
+        if let Some(onnx) = &config.onnx
+            && !files.contains_key(&onnx.file)
+        {
+            return Err(BundleError::Unlisted {
+                dir: dir.to_path_buf(),
+                file: onnx.file.clone(),
+            });
+        }
         let mismatch = |reason: String| BundleError::ConfigMismatch {
             dir: dir.to_path_buf(),
             reason,
