@@ -74,7 +74,7 @@ impl ValidationRow {
             accuracy: None,
             sensitivity: None,
             specificity: None,
-            method: "site's validation exams, global model of the last round; 95% CI from the Hanley–McNeil standard error".into(),
+            method: "the site's validation exams, scored on the global model the site received at the start of the latest round that reported them (one round before the exported model); 95% CI from the Hanley–McNeil standard error".into(),
         }
     }
 
