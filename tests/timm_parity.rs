@@ -13,7 +13,7 @@ use std::process::Command;
 use burn::tensor::{Device, Distribution, Tensor};
 use fedslice::data::plane::Plane;
 use fedslice::data::preprocess::PreprocessConfig;
-use fedslice::export::{BundleConfig, Origin, Provenance, onnx_extra, write_bundle};
+use fedslice::export::{BundleConfig, Origin, Provenance, write_bundle};
 use fedslice::model::{ClassifierConfig, ExamClassifier, SlicePooling, VitConfig};
 
 fn python() -> String {
@@ -59,7 +59,7 @@ fn timm_and_onnxruntime_reproduce_the_rust_model() {
         let size = vit.image_size;
         let arch = ClassifierConfig::new(vit, SlicePooling::Transformer);
         let model = ExamClassifier::new(&arch, &d);
-        let mut config = BundleConfig::new(
+        let config = BundleConfig::new(
             arch,
             PreprocessConfig::new(size),
             Plane::Sagittal,
@@ -77,9 +77,8 @@ fn timm_and_onnxruntime_reproduce_the_rust_model() {
             exported_at: 0,
             details: serde_json::Value::Null,
         };
-        let onnx = onnx_extra(&model, &mut config).expect("onnx");
         let bundle = root.join(name);
-        write_bundle(&bundle, &model, &config, &provenance, &onnx).expect("bundle");
+        write_bundle(&bundle, &model, &config, &provenance).expect("bundle");
 
         let slices = 5;
         let x = Tensor::<4>::random([slices, 1, size, size], Distribution::Normal(0.0, 1.0), &d);

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use fedslice::export::{BundleConfig, Origin, Provenance, ValidationRow, write_bundle};
+use fedslice::export::{BundleConfig, Origin, Provenance, ValidationRow, unix_now, write_bundle};
 use fedslice::federated::from_tensor_map;
 use fedslice::model::ExamClassifier;
 use fedslice::protocol::Phase;
@@ -104,7 +104,7 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
     if threshold.is_none() {
         tracing::warn!("no site reported a validation threshold; using 0.5");
     }
-    let mut config = BundleConfig::new(
+    let config = BundleConfig::new(
         job.spec.model.clone(),
         job.spec.preprocess.clone(),
         // Sites pick their plane in site.toml; the consortium task is sagittal.
@@ -150,22 +150,15 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
         pretrain_exams: None,
         labelled_exams: last_samples,
         validation,
-        exported_at: now_unix(),
+        exported_at: unix_now(),
         details: serde_json::json!({
             "validation_round": validated_round,
             "validation_note": "each site scores the global model it receives at the start of a round on its own validation exams, so these numbers describe the model entering that round",
             "rounds": per_round,
         }),
     };
-    let onnx = fedslice::export::onnx_extra(&model, &mut config)?;
-    write_bundle(out, &model, &config, &provenance, &onnx)
+    write_bundle(out, &model, &config, &provenance)
         .with_context(|| format!("writing the bundle to {}", out.display()))?;
     println!("exported {job_id} (model v{version}) to {}", out.display());
     Ok(())
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

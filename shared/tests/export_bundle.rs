@@ -56,7 +56,7 @@ fn values(t: Tensor<1>) -> Vec<f32> {
 
 fn write(dir: &Path, d: &Device, pooling: SlicePooling) -> ExamClassifier {
     let (model, config) = classifier(d, pooling);
-    write_bundle(dir, &model, &config, &provenance(), &[]).expect("write bundle");
+    write_bundle(dir, &model, &config, &provenance()).expect("write bundle");
     model
 }
 

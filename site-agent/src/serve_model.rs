@@ -207,9 +207,7 @@ async fn predict(
             let mut multipart =
                 <Multipart as axum::extract::FromRequest<()>>::from_request(request, &())
                     .await
-                    .map_err(|e| {
-                        ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text())
-                    })?;
+                    .map_err(|e| rejection(e.status(), e.body_text(), "bad_multipart"))?;
             while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
                 let bytes = field.bytes().await.map_err(multipart_error)?;
                 sink.add(&bytes)?;
@@ -265,28 +263,24 @@ async fn predict(
     Ok(Json(json))
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
-    let status = e.status();
+/// An extractor's rejection as our error: `too_large` for 413, else `code`.
+fn rejection(status: StatusCode, text: String, code: &'static str) -> ApiError {
     let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
         "too_large"
     } else {
-        "bad_multipart"
+        code
     };
-    ApiError::new(status, code, e.body_text())
+    ApiError::new(status, code, text)
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    rejection(e.status(), e.body_text(), "bad_multipart")
 }
 
 async fn body_bytes(request: axum::extract::Request) -> Result<Bytes, ApiError> {
     <Bytes as axum::extract::FromRequest<()>>::from_request(request, &())
         .await
-        .map_err(|e| {
-            let status = e.status();
-            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "bad_body"
-            };
-            ApiError::new(status, code, e.body_text())
-        })
+        .map_err(|e| rejection(e.status(), e.body_text(), "bad_body"))
 }
 
 /// Writes uploaded files under generated names, within the limits.

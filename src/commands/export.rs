@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use fedslice::device::{self, BackendKind};
-use fedslice::export::{BundleConfig, Origin, Provenance, ValidationRow, onnx_extra, write_bundle};
+use fedslice::export::{BundleConfig, Origin, Provenance, ValidationRow, unix_now, write_bundle};
 use fedslice::model::load_classifier;
 
 use crate::cli::ExportArgs;
@@ -57,7 +57,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         meta.threshold,
     ));
 
-    let mut config = BundleConfig::from_meta(
+    let config = BundleConfig::from_meta(
         &meta,
         "Youden-optimal threshold on the run's validation exams",
     );
@@ -69,17 +69,14 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         pretrain_exams: Some(report.pretrain_exams),
         labelled_exams: Some(report.labelled_train_exams),
         validation,
-        exported_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        exported_at: unix_now(),
         details: serde_json::json!({
             "pretrain_loss_first": report.pretrain_loss_first,
             "pretrain_loss_last": report.pretrain_loss_last,
             "validation_exams": report.validation_exams,
         }),
     };
-    let onnx = onnx_extra(&model, &mut config)?;
-    write_bundle(&args.out, &model, &config, &provenance, &onnx)
+    write_bundle(&args.out, &model, &config, &provenance)
         .with_context(|| format!("writing the bundle to {}", args.out.display()))?;
     println!("exported {} to {}", args.from.display(), args.out.display());
     Ok(())

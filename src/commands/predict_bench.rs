@@ -67,7 +67,7 @@ fn bundle_for(
         exported_at: 0,
         details: serde_json::Value::Null,
     };
-    write_bundle(dir, &model, &config, &provenance, &[])?;
+    write_bundle(dir, &model, &config, &provenance)?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::card::{Provenance, render_model_card};
+use super::onnx;
 use super::timm::{LayoutError, from_bundle_layout, to_bundle_layout};
 use crate::data::plane::Plane;
 use crate::data::preprocess::PreprocessConfig;
@@ -194,13 +195,8 @@ impl BundleConfig {
     }
 }
 
-/// An extra file to place in the bundle (and its digest list), e.g. `model.onnx`.
-pub struct ExtraFile {
-    pub name: &'static str,
-    pub bytes: Vec<u8>,
-}
-
-/// Writes the bundle into `dir`. Files are written to a sibling temporary
+/// Writes the bundle into `dir`, `model.onnx` included (its spec is recorded
+/// in the written `config.json`). Files are written to a sibling temporary
 /// folder first and renamed into place, so a crash leaves either the old
 /// bundle or the new one, never a mix.
 pub fn write_bundle(
@@ -208,7 +204,6 @@ pub fn write_bundle(
     model: &ExamClassifier,
     config: &BundleConfig,
     provenance: &Provenance,
-    extras: &[ExtraFile],
 ) -> Result<(), BundleError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -224,18 +219,25 @@ pub fn write_bundle(
     let weights = tensors
         .to_safetensors(Dtype::F32)
         .map_err(|e| invalid(dir, e.to_string()))?;
-    let config_json = serde_json::to_vec_pretty(config).map_err(|e| invalid(dir, e.to_string()))?;
+    let onnx_bytes = onnx::classifier_to_onnx(&config.architecture, &tensors)
+        .map_err(|e| invalid(&dir.join(ONNX_FILE), e.to_string()))?;
+    let config = BundleConfig {
+        onnx: Some(onnx::spec()),
+        ..config.clone()
+    };
+    let config_json =
+        serde_json::to_vec_pretty(&config).map_err(|e| invalid(dir, e.to_string()))?;
     let provenance_json =
         serde_json::to_vec_pretty(provenance).map_err(|e| invalid(dir, e.to_string()))?;
-    let card = render_model_card(config, provenance);
+    let card = render_model_card(&config, provenance);
 
     let mut files: Vec<(&str, &[u8])> = vec![
         (CONFIG_FILE, &config_json),
         (WEIGHTS_FILE, &weights),
+        (ONNX_FILE, &onnx_bytes),
         (CARD_FILE, card.as_bytes()),
         (PROVENANCE_FILE, &provenance_json),
     ];
-    files.extend(extras.iter().map(|e| (e.name, e.bytes.as_slice())));
     let sums: String = files
         .iter()
         .map(|(name, bytes)| format!("{}  {name}\n", wire::digest(bytes)))

@@ -158,6 +158,13 @@ pub struct Provenance {
     pub details: serde_json::Value,
 }
 
+/// Seconds since the Unix epoch, for `Provenance::exported_at`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.3}"))
 }

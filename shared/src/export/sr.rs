@@ -69,6 +69,15 @@ pub struct WrittenReport {
     pub series_instance_uid: String,
 }
 
+/// A header attribute as text, trailing padding removed; `None` when absent.
+fn header_string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
+}
+
 fn text(tag: Tag, vr: VR, value: &str) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, vr, PrimitiveValue::from(value))
 }
@@ -176,16 +185,10 @@ pub fn write_sr(prediction: &Prediction, out: &Path) -> Result<WrittenReport, Sr
             Some(dicom::open_header(file)?)
         };
         let obj = header.as_ref().unwrap_or(&source);
-        let get = |tag| {
-            obj.element_opt(tag)
-                .ok()
-                .flatten()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
-        };
-        if let (Some(class), Some(instance)) =
-            (get(tags::SOP_CLASS_UID), get(tags::SOP_INSTANCE_UID))
-        {
+        if let (Some(class), Some(instance)) = (
+            header_string(obj, tags::SOP_CLASS_UID),
+            header_string(obj, tags::SOP_INSTANCE_UID),
+        ) {
             referenced.push(InMemDicomObject::from_element_iter([
                 text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &class),
                 text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &instance),
@@ -249,12 +252,7 @@ pub fn write_sr(prediction: &Prediction, out: &Path) -> Result<WrittenReport, Sr
     ]);
     let mut copied_non_ascii = false;
     for (tag, vr) in COPIED {
-        let value = source
-            .element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_end_matches(['\0', ' ']).to_owned());
+        let value = header_string(&source, tag);
         copied_non_ascii |= value.as_ref().is_some_and(|v| !v.is_ascii());
         match value {
             Some(v) => obj.put(text(tag, vr, &v)),

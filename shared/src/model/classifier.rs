@@ -34,22 +34,25 @@ impl SliceTransformer {
         }
     }
 
+    /// The position embedding of each of `count` slices, `[count, D]`.
+    fn positions(&self, count: usize, device: &Device) -> Tensor<2> {
+        let table = self.slice_pos.val();
+        let [table_len, _] = table.dims();
+        let index =
+            Tensor::<1, Int>::from_ints(relative_positions(count, table_len).as_slice(), device);
+        table.select(0, index)
+    }
+
     /// `slices`: `[S, D]` → exam embedding `[1, D]`.
     fn forward(&self, slices: Tensor<2>) -> Tensor<2> {
         let [count, d] = slices.dims();
-        let table = self.slice_pos.val();
-        let [table_len, _] = table.dims();
-        let index = Tensor::<1, Int>::from_ints(
-            relative_positions(count, table_len).as_slice(),
-            &slices.device(),
-        );
+        let positions = self.positions(count, &slices.device());
         // The exam token starts from the element-wise max over slices (MRNet's
         // pooling) plus a learned offset: with a purely learned token the pooled
         // output is nearly the same for every exam at initialisation, and
         // fine-tuning collapsed to a constant prediction.
         let exam = self.exam_token.val() + slices.clone().max_dim(0);
-        let tokens =
-            Tensor::cat(vec![exam, slices + table.select(0, index)], 0).reshape([1, count + 1, d]);
+        let tokens = Tensor::cat(vec![exam, slices + positions], 0).reshape([1, count + 1, d]);
         let mut x = tokens;
         for block in &self.blocks {
             x = block.forward(x);
@@ -61,14 +64,9 @@ impl SliceTransformer {
     /// position in the whole exam: `[S, D]` → `[S, D]`, batched over slices.
     fn forward_each(&self, slices: Tensor<2>) -> Tensor<2> {
         let [count, d] = slices.dims();
-        let table = self.slice_pos.val();
-        let [table_len, _] = table.dims();
-        let index = Tensor::<1, Int>::from_ints(
-            relative_positions(count, table_len).as_slice(),
-            &slices.device(),
-        );
+        let positions = self.positions(count, &slices.device());
         let exam = self.exam_token.val().expand([count, d]) + slices.clone();
-        let positioned = slices + table.select(0, index);
+        let positioned = slices + positions;
         let mut x = Tensor::stack::<3>(vec![exam, positioned], 1); // [S, 2, D]
         for block in &self.blocks {
             x = block.forward(x);

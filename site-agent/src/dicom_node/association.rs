@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use super::dimse::{self, status};
+use super::error_chain;
 use super::storage::{self, Announced, Incoming, Refusal, SeriesPlace};
 
 /// Storage SOP classes this node accepts: MR images, classic and enhanced.
@@ -111,7 +112,7 @@ pub async fn serve(
             return;
         }
         Err(e) => {
-            tracing::warn!(%peer, "association not established: {}", snafu_chain(&e));
+            tracing::warn!(%peer, "association not established: {}", error_chain(&e));
             return;
         }
     };
@@ -164,7 +165,7 @@ pub async fn serve(
                     tracing::warn!(%peer, "released in the middle of a C-STORE; the partial instance is discarded");
                 }
                 if let Err(e) = assoc.send(&Pdu::ReleaseRP).await {
-                    tracing::debug!(%peer, "sending A-RELEASE-RP: {}", snafu_chain(&e));
+                    tracing::debug!(%peer, "sending A-RELEASE-RP: {}", error_chain(&e));
                 }
                 break;
             }
@@ -182,7 +183,7 @@ pub async fn serve(
                 break;
             }
             Err(e) => {
-                tracing::warn!(%peer, "aborting the association: {}", snafu_chain(&e));
+                tracing::warn!(%peer, "aborting the association: {}", error_chain(&e));
                 let _ = assoc.abort().await;
                 break;
             }
@@ -195,18 +196,6 @@ pub async fn serve(
         refused = session.refused,
         "association ended"
     );
-}
-
-/// An error and its causes on one line (dicom-ul's errors are snafu chains).
-fn snafu_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 struct PendingStore {
@@ -488,7 +477,7 @@ async fn send_command(assoc: &mut Assoc, pc_id: u8, data: Vec<u8>) -> Result<(),
             }],
         })
         .await
-        .map_err(|e| format!("sending a response: {}", snafu_chain(&e)))
+        .map_err(|e| format!("sending a response: {}", error_chain(&e)))
 }
 
 /// Answers a connection over the association limit: reads its

@@ -261,3 +261,15 @@ fn shutdown_signals() -> anyhow::Result<impl std::future::Future<Output = &'stat
         "interrupted"
     })
 }
+
+/// An error and its causes on one line (dicom-ul's errors are snafu chains).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

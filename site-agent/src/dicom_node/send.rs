@@ -13,6 +13,7 @@ use dicom_ul::pdu::{PDataValue, PDataValueType};
 use dicom_ul::{ClientAssociation, Pdu};
 
 use super::dimse;
+use super::error_chain;
 use super::storage::is_valid_ae_title;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,13 +100,13 @@ pub fn send_sr(
         .read_timeout(TIMEOUT)
         .write_timeout(TIMEOUT)
         .establish_with(&to.to_string())
-        .map_err(|e| anyhow::anyhow!(chain(&e)))
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
         .with_context(|| format!("opening an association with {to}"))?;
     let result = store(&mut assoc, &file, class, &instance);
     match &result {
         Ok(_) => {
             if let Err(e) = assoc.release() {
-                tracing::debug!(destination = %to, "releasing the association: {}", chain(&e));
+                tracing::debug!(destination = %to, "releasing the association: {}", error_chain(&e));
             }
         }
         Err(_) => {
@@ -144,7 +145,7 @@ fn store(
                 data: command,
             }],
         })
-        .map_err(|e| anyhow::anyhow!(chain(&e)))
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))
         .context("sending the C-STORE request")?;
     {
         let mut writer = assoc.send_pdata(pc.id);
@@ -154,7 +155,10 @@ fn store(
 
     let mut response = Vec::new();
     loop {
-        match assoc.receive().map_err(|e| anyhow::anyhow!(chain(&e)))? {
+        match assoc
+            .receive()
+            .map_err(|e| anyhow::anyhow!(error_chain(&e)))?
+        {
             Pdu::PData { data } => {
                 for pdv in data {
                     if pdv.value_type != PDataValueType::Command {
@@ -183,17 +187,6 @@ fn store(
             other => bail!("unexpected {}", other.short_description()),
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
