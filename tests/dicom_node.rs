@@ -484,15 +484,30 @@ fn dicom_node_classifies_a_stored_series_and_sends_the_sr() {
         let _ = s.read_to_end(&mut rest);
     }
 
-    // Two silent connections fill the two association slots; a third is
-    // rejected as transient, local limit exceeded, until one closes.
-    let hogs: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+    // Two open associations fill the two association slots; a third is
+    // rejected as transient, local limit exceeded, until one closes. Each
+    // holder retries a transient rejection: the node frees a slot a moment
+    // after the peer of the previous association has seen it close.
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let mut held = None;
+            wait_until(Duration::from_secs(5), "an association slot", || {
+                held = ClientAssociationOptions::new()
+                    .called_ae_title(AE)
+                    .with_abstract_syntax("1.2.840.10008.1.1")
+                    .establish(("127.0.0.1", port))
+                    .ok();
+                held.is_some()
+            });
+            held
+        })
         .collect();
-    wait_until(Duration::from_secs(5), "association limit reached", || {
-        let out = echoscu(port, AE);
-        !out.status.success() && text(&out).contains("Local Limit Exceeded")
-    });
+    let busy = echoscu(port, AE);
+    assert!(
+        !busy.status.success() && text(&busy).contains("Local Limit Exceeded"),
+        "{}",
+        text(&busy)
+    );
     match ClientAssociationOptions::new()
         .called_ae_title(AE)
         .with_abstract_syntax("1.2.840.10008.1.1")
@@ -512,7 +527,9 @@ fn dicom_node_classifies_a_stored_series_and_sends_the_sr() {
             other.map(|_| ())
         ),
     }
-    drop(hogs);
+    for hog in hogs.into_iter().flatten() {
+        hog.release().expect("release a held association");
+    }
     wait_until(Duration::from_secs(5), "a slot freed", || {
         echoscu(port, AE).status.success()
     });
