@@ -1,7 +1,10 @@
 //! The aggregator is killed with SIGKILL while a round is half-reported and
 //! restarted on the same state folder. The job must finish, every round must
 //! count each site exactly once, and every published model must equal the
-//! FedAvg recomputed independently from the stored updates.
+//! FedAvg recomputed independently from the stored updates. A site agent
+//! killed after computing its update re-sends it; one killed mid-training
+//! continues from its last epoch checkpoint, and the round's model is bit for
+//! bit the one an uninterrupted agent produces.
 
 mod common;
 
@@ -155,4 +158,68 @@ fn a_restarted_agent_resends_its_computed_update_instead_of_retraining() {
         files_in(&bundle.join("cache/outbox"), "fslw").is_empty(),
         "the outbox is emptied once acknowledged"
     );
+}
+
+/// Runs a one-site, one-round pretraining job of four local epochs; with
+/// `kill_mid_training` the agent is SIGKILLed once its first epoch checkpoint
+/// exists and started again. Returns the published model and the agent logs.
+fn one_round_with_agent(
+    data: &std::path::Path,
+    kill_mid_training: bool,
+) -> (fedslice::wire::TensorMap, String) {
+    let mut consortium = Consortium::init();
+    let bundle = consortium.add_site("site-00", &data.join("site-00"));
+    consortium.aggregator(&[
+        "job",
+        "create",
+        "--phase",
+        "pretrain",
+        "--rounds",
+        "1",
+        "--min-sites",
+        "1",
+        "--local-epochs",
+        "4",
+    ]);
+    consortium.serve();
+    let mut agent = consortium.spawn_agent(&bundle);
+    let mut logs = String::new();
+    if kill_mid_training {
+        let checkpoints = bundle.join("cache/checkpoints");
+        wait_until("an epoch checkpoint", Duration::from_secs(120), || {
+            !files_in(&checkpoints, "ckpt").is_empty()
+        });
+        let _ = agent.kill();
+        let _ = agent.wait();
+        assert!(
+            files_in(&bundle.join("cache/outbox"), "fslw").is_empty(),
+            "training had already finished: the kill came too late to test resuming"
+        );
+        logs = std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default();
+        agent = consortium.spawn_agent(&bundle);
+    }
+    consortium.expect_agents_succeed(
+        vec![agent],
+        std::slice::from_ref(&bundle),
+        Duration::from_secs(300),
+    );
+    logs.push_str(&std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default());
+    assert!(
+        files_in(&bundle.join("cache/checkpoints"), "ckpt").is_empty(),
+        "the spent checkpoint is removed once the update is in the outbox"
+    );
+    (verify_rounds(&consortium, &["site-00"]), logs)
+}
+
+#[test]
+fn an_agent_killed_mid_training_resumes_from_its_last_epoch_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    phantom(dir.path(), 1, 12, 8, 64);
+    let (undisturbed, _) = one_round_with_agent(dir.path(), false);
+    let (resumed, logs) = one_round_with_agent(dir.path(), true);
+    assert!(
+        logs.contains("resuming local training after epoch"),
+        "the restarted agent trained from scratch:\n{logs}"
+    );
+    common::assert_bit_identical(&resumed, &undisturbed, "the uninterrupted round");
 }

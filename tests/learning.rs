@@ -8,7 +8,7 @@ use fedslice::data::preprocess::{PreparedExam, PreprocessConfig, prepare};
 use fedslice::experiment::{self, ExperimentConfig};
 use fedslice::model::{ClassifierConfig, SlicePooling, VitConfig};
 use fedslice::ssl::GmmlModel;
-use fedslice::train::{FinetuneConfig, NoProgress, PretrainConfig, pretrain};
+use fedslice::train::{FinetuneConfig, NoCheckpoints, NoProgress, PretrainConfig, pretrain};
 
 fn cohort(
     sites: usize,
@@ -65,6 +65,7 @@ fn gmml_pretraining_loss_falls_on_phantom_slices() {
         &config,
         &Device::flex(),
         &mut NoProgress,
+        &mut NoCheckpoints,
     )
     .expect("pretraining runs");
     let first = report.first_loss().expect("an epoch");

@@ -14,7 +14,7 @@ use crate::data::split::stratified_split;
 use crate::metrics::{self, Evaluation, MetricsError};
 use crate::model::{ClassifierConfig, ExamClassifier};
 use crate::ssl::GmmlModel;
-use crate::train::{self, FinetuneConfig, PretrainConfig, Progress, TrainError};
+use crate::train::{self, FinetuneConfig, NoCheckpoints, PretrainConfig, Progress, TrainError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExperimentConfig {
@@ -92,6 +92,7 @@ pub fn run(
                 pretrain_config,
                 device,
                 progress,
+                &mut NoCheckpoints,
             )?;
             (gmml.encoder, report.epoch_losses)
         }
@@ -119,8 +120,14 @@ pub fn run(
 
     let started = Instant::now();
     let classifier = ExamClassifier::from_encoder(encoder, &config.model);
-    let (classifier, finetune_report) =
-        train::finetune(classifier, &fit, &config.finetune, device, progress)?;
+    let (classifier, finetune_report) = train::finetune(
+        classifier,
+        &fit,
+        &config.finetune,
+        device,
+        progress,
+        &mut NoCheckpoints,
+    )?;
     let finetune_seconds = started.elapsed().as_secs_f64();
 
     // The threshold comes from validation exams; with too few of them (tiny

@@ -747,7 +747,7 @@ mod phantom_formats {
     fn dicom_cohort_trains_exactly_like_the_same_cohort_in_memory() {
         use fedslice::data::preprocess::{PreprocessConfig, prepare};
         use fedslice::model::{ClassifierConfig, ExamClassifier, SlicePooling, VitConfig};
-        use fedslice::train::{FinetuneConfig, NoProgress, finetune, predict};
+        use fedslice::train::{FinetuneConfig, NoCheckpoints, NoProgress, finetune, predict};
 
         let cfg = PhantomConfig {
             sites: 1,
@@ -778,8 +778,15 @@ mod phantom_formats {
                 seed: 3,
                 ..FinetuneConfig::default()
             };
-            let (model, report) =
-                finetune(model, &exams, &config, &device, &mut NoProgress).expect("fine-tunes");
+            let (model, report) = finetune(
+                model,
+                &exams,
+                &config,
+                &device,
+                &mut NoProgress,
+                &mut NoCheckpoints,
+            )
+            .expect("fine-tunes");
             (report.epoch_losses, predict(&model, &exams, &device))
         };
         let (losses_disk, scores_disk) = train(prepared(&from_disk[0]));

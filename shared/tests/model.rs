@@ -179,7 +179,7 @@ fn loading_weights_of_another_architecture_fails_clearly() {
 
 #[test]
 fn classifier_fits_a_small_labelled_batch() {
-    use fedslice::train::{FinetuneConfig, NoProgress, finetune, predict};
+    use fedslice::train::{FinetuneConfig, NoCheckpoints, NoProgress, finetune, predict};
     let d = device();
     let exams = toy_exams();
     for pooling in [SlicePooling::Transformer, SlicePooling::Max] {
@@ -190,8 +190,15 @@ fn classifier_fits_a_small_labelled_batch() {
             warmup_epochs: 0.0,
             ..FinetuneConfig::default()
         };
-        let (model, report) =
-            finetune(model, &exams, &config, &d, &mut NoProgress).expect("fine-tunes");
+        let (model, report) = finetune(
+            model,
+            &exams,
+            &config,
+            &d,
+            &mut NoProgress,
+            &mut NoCheckpoints,
+        )
+        .expect("fine-tunes");
         let first = report.epoch_losses[0];
         let last = *report.epoch_losses.last().expect("epochs");
         assert!(
@@ -242,7 +249,7 @@ fn toy_exams() -> Vec<fedslice::data::preprocess::PreparedExam> {
 #[test]
 fn fedprox_keeps_local_training_near_the_global_weights() {
     use fedslice::federated::to_tensor_map;
-    use fedslice::train::{FinetuneConfig, NoProgress, finetune};
+    use fedslice::train::{FinetuneConfig, NoCheckpoints, NoProgress, finetune};
     let d = device();
     let exams = toy_exams();
     let config = ClassifierConfig::new(test_config(), SlicePooling::Max);
@@ -257,8 +264,15 @@ fn fedprox_keeps_local_training_near_the_global_weights() {
             proximal_mu: mu,
             ..FinetuneConfig::default()
         };
-        let (local, _) =
-            finetune(global.clone(), &exams, &train, &d, &mut NoProgress).expect("fine-tunes");
+        let (local, _) = finetune(
+            global.clone(),
+            &exams,
+            &train,
+            &d,
+            &mut NoProgress,
+            &mut NoCheckpoints,
+        )
+        .expect("fine-tunes");
         to_tensor_map(&local)
             .expect("tensors")
             .sub(&start)

@@ -1,7 +1,9 @@
 //! `site-agent run`: ingest the site's exams once, then loop: wait for work,
 //! train, upload. Network failures are retried with jittered backoff forever;
-//! a computed update is kept in the outbox until the aggregator acknowledges
-//! it, so a restart re-sends it instead of retraining.
+//! local training leaves a checkpoint after every epoch, so an agent killed
+//! mid-training continues from its last epoch; a computed update is kept in
+//! the outbox until the aggregator acknowledges it, so a restart re-sends it
+//! instead of retraining.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use fedslice::federated::{SiteExams, train_round};
 use fedslice::protocol::Work;
+use fedslice::train::CheckpointFile;
 use fedslice::wire::{self, DecodeLimits};
 use rand::Rng;
 
@@ -52,6 +55,39 @@ fn outbox_path(cache: &Path, work: &Work) -> PathBuf {
     cache
         .join("outbox")
         .join(format!("{}-r{}.fslw", work.job, work.round))
+}
+
+/// The round's local-training checkpoint. Its key names everything the
+/// training depends on, so a state from another round, base model,
+/// configuration, site identity or set of exams is never resumed.
+fn round_checkpoint(
+    cache: &Path,
+    work: &Work,
+    salt: u64,
+    exams: &[fedslice::data::preprocess::PreparedExam],
+) -> anyhow::Result<CheckpointFile> {
+    let spec = serde_json::to_vec(&work.spec).context("encoding the job spec")?;
+    let ids: Vec<(&str, usize)> = exams.iter().map(|e| (e.id.as_str(), e.depth)).collect();
+    let exams = serde_json::to_vec(&ids).context("listing the exams")?;
+    let key = format!(
+        "{}/r{}/{}/{}/{salt:016x}/{}",
+        work.job,
+        work.round,
+        work.model_digest,
+        wire::digest(&spec),
+        wire::digest(&exams)
+    );
+    let dir = cache.join("checkpoints");
+    let name = format!("{}-r{}.ckpt", work.job, work.round);
+    // Checkpoints of other rounds can never be resumed: drop them.
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy() != name {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(CheckpointFile::new(dir.join(name), key))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -176,17 +212,32 @@ async fn do_round(
             let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT)
                 .with_context(|| format!("decoding global model {}", work.model_digest))?;
             let exams = data.prepared(&work.spec.preprocess)?;
+            let mut checkpoints = round_checkpoint(&config.cache_dir, work, salt, &exams)?;
             let site = SiteExams { exams, salt };
             let work_owned = work.clone();
             let device = device.clone();
             let update = tokio::task::spawn_blocking(move || {
-                train_round(&work_owned, &global, &site, &device, &mut Bars::new())
+                let update = train_round(
+                    &work_owned,
+                    &global,
+                    &site,
+                    &device,
+                    &mut Bars::new(),
+                    &mut checkpoints,
+                );
+                (update, checkpoints)
             })
             .await
-            .context("local training panicked")??;
+            .context("local training panicked")?;
+            let (update, checkpoints) = update;
+            let update = update?;
             let payload =
                 work.encode_update(&update.delta, update.samples, update.metrics.clone())?;
             write_atomic(&outbox, &payload)?;
+            // The outbox now holds the result; the epoch checkpoint is spent.
+            if let Err(e) = checkpoints.remove() {
+                tracing::warn!("{e}; it is removed when the next round starts");
+            }
             (payload, update.metrics)
         }
     };

@@ -14,7 +14,9 @@ use crate::metrics;
 use crate::model::ExamClassifier;
 use crate::protocol::{JobSpec, Phase, Work};
 use crate::ssl::GmmlModel;
-use crate::train::{self, FinetuneConfig, PretrainConfig, Progress, ScheduleWindow};
+use crate::train::{
+    self, EpochCheckpoints, FinetuneConfig, PretrainConfig, Progress, ScheduleWindow,
+};
 use crate::wire::TensorMap;
 
 /// A site's prepared training exams (its held-out exams never enter a round).
@@ -86,12 +88,15 @@ pub fn evaluate_global(
     Ok(out)
 }
 
+/// Trains this site's part of `work`, continuing from the state `checkpoints`
+/// offers (a restart mid-round) and handing it one after each local epoch.
 pub fn train_round(
     work: &Work,
     global: &TensorMap,
     site: &SiteExams,
     device: &Device,
     progress: &mut dyn Progress,
+    checkpoints: &mut dyn EpochCheckpoints,
 ) -> Result<LocalUpdate, FederatedError> {
     let spec = &work.spec;
     let seed = round_seed(spec, work.round, site.salt);
@@ -105,8 +110,14 @@ pub fn train_round(
                 seed,
                 ..spec.pretrain.clone()
             };
-            let (model, report) =
-                train::pretrain(model, site.exams.clone(), &config, device, progress)?;
+            let (model, report) = train::pretrain(
+                model,
+                site.exams.clone(),
+                &config,
+                device,
+                progress,
+                checkpoints,
+            )?;
             if let (Some(first), Some(last)) = (report.first_loss(), report.last_loss()) {
                 metrics.insert("loss_first".into(), first);
                 metrics.insert("loss_last".into(), last);
@@ -123,7 +134,8 @@ pub fn train_round(
                 seed,
                 ..spec.finetune.clone()
             };
-            let (model, report) = train::finetune(model, &fit, &config, device, progress)?;
+            let (model, report) =
+                train::finetune(model, &fit, &config, device, progress, checkpoints)?;
             if let (Some(first), Some(last)) =
                 (report.epoch_losses.first(), report.epoch_losses.last())
             {

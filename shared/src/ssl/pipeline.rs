@@ -30,6 +30,9 @@ pub struct PretrainBatch {
 pub struct PipelineConfig {
     pub batch_size: usize,
     pub epochs: usize,
+    /// Epochs before this one are skipped: a resumed run produces exactly the
+    /// batches the interrupted one would have.
+    pub first_epoch: usize,
     pub seed: u64,
     pub side: usize,
     pub patch_size: usize,
@@ -87,7 +90,17 @@ impl Iterator for BatchStream {
     }
 }
 
-/// Starts the worker over every slice of `exams`. Deterministic per seed.
+/// The random stream of one epoch. Each epoch has its own, so that a run
+/// resumed at epoch `k` draws what an uninterrupted one draws there.
+pub fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
+    StdRng::seed_from_u64(
+        seed.wrapping_add((epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .rotate_left(17),
+    )
+}
+
+/// Starts the worker over every slice of `exams`, from `config.first_epoch`.
+/// Deterministic per seed and epoch.
 pub fn spawn(exams: Arc<Vec<PreparedExam>>, config: PipelineConfig) -> BatchStream {
     let (sender, receiver) = sync_channel(4);
     let worker = std::thread::Builder::new()
@@ -99,8 +112,8 @@ pub fn spawn(exams: Arc<Vec<PreparedExam>>, config: PipelineConfig) -> BatchStre
                 .flat_map(|(e, exam)| (0..exam.depth).map(move |z| (e, z)))
                 .collect();
             let side = config.side;
-            let mut rng = StdRng::seed_from_u64(config.seed);
-            for epoch in 0..config.epochs {
+            for epoch in config.first_epoch..config.epochs {
+                let mut rng = epoch_rng(config.seed, epoch);
                 let mut order = index.clone();
                 order.shuffle(&mut rng);
                 for chunk in order.chunks(config.batch_size) {
@@ -180,6 +193,7 @@ mod tests {
         let config = PipelineConfig {
             batch_size: 4,
             epochs: 2,
+            first_epoch: 0,
             seed: 9,
             side: 16,
             patch_size: 4,
@@ -187,8 +201,10 @@ mod tests {
             mask: MaskConfig::default(),
         };
         let first: Vec<_> = spawn(exams.clone(), config.clone()).collect();
-        let second: Vec<_> = spawn(exams, config.clone()).collect();
-        assert_eq!(first.len(), 2 * config.batches_per_epoch(10));
+        let second: Vec<_> = spawn(exams.clone(), config.clone()).collect();
+        let exams_again = exams;
+        let per_epoch = config.batches_per_epoch(10);
+        assert_eq!(first.len(), 2 * per_epoch);
         assert_eq!(first.last().map(|b| b.epoch), Some(1));
         for (a, b) in first.iter().zip(&second) {
             assert_eq!(a.corrupted, b.corrupted);
@@ -196,5 +212,23 @@ mod tests {
         }
         let masked: f32 = first[0].mask.iter().sum();
         assert!(masked > 0.0);
+        assert_ne!(first[0].corrupted, first[per_epoch].corrupted);
+
+        // Starting at epoch 1 gives exactly the second epoch's batches.
+        let resumed: Vec<_> = spawn(
+            exams_again,
+            PipelineConfig {
+                first_epoch: 1,
+                ..config
+            },
+        )
+        .collect();
+        assert_eq!(resumed.len(), per_epoch);
+        for (a, b) in first[per_epoch..].iter().zip(&resumed) {
+            assert_eq!(a.epoch, b.epoch);
+            assert_eq!(a.corrupted, b.corrupted);
+            assert_eq!(a.target, b.target);
+            assert_eq!(a.mask, b.mask);
+        }
     }
 }

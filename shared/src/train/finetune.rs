@@ -3,17 +3,17 @@
 use burn::module::Module;
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
-use super::optimizer::{Optimizer, ProximalAnchor};
+use super::checkpoint::{self, EpochCheckpoints};
+use super::optimizer::ProximalAnchor;
 use super::progress::Progress;
 use super::schedule::{CosineSchedule, ScheduleWindow};
 use crate::data::preprocess::PreparedExam;
 use crate::model::ExamClassifier;
+use crate::ssl::pipeline::epoch_rng;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinetuneConfig {
@@ -92,12 +92,16 @@ pub(crate) fn weighted_bce(logits: Tensor<1>, labels: Tensor<1>, pos_weight: f64
 }
 
 /// Fine-tunes `model` on the labelled `exams`; unlabelled ones are ignored.
+/// Continues from the state `checkpoints` offers, if any, and hands it one
+/// after every epoch but the last; the result is bit-identical to an
+/// uninterrupted run.
 pub fn finetune(
     model: ExamClassifier,
     exams: &[PreparedExam],
     config: &FinetuneConfig,
     device: &Device,
     progress: &mut dyn Progress,
+    checkpoints: &mut dyn EpochCheckpoints,
 ) -> Result<(ExamClassifier, FinetuneReport), TrainError> {
     let labelled: Vec<(&PreparedExam, bool)> = exams
         .iter()
@@ -131,19 +135,23 @@ pub fn finetune(
     };
 
     let train_device = device.clone().autodiff();
-    let mut model = model.to_device(&train_device).train();
-    let mut optimizer = Optimizer::adamw(config.clip_grad_norm);
+    let model = model.to_device(&train_device).train();
+    // The anchor is the starting (global) model, also when resuming.
     let anchor = (config.proximal_mu > 0.0).then(|| ProximalAnchor::capture(&model));
-    let mut rng = StdRng::seed_from_u64(config.seed);
+    let start = checkpoint::start(checkpoints, model, config.clip_grad_norm, config.epochs);
+    let (mut model, mut optimizer) = (start.model, start.optimizer);
     let mut report = FinetuneReport {
-        epoch_losses: Vec::new(),
-        steps: 0,
+        epoch_losses: start.epoch_losses,
+        steps: start.steps,
         exams: labelled.len(),
         pos_weight,
     };
-    progress.start("finetune", total);
-    let mut order: Vec<usize> = (0..labelled.len()).collect();
-    for epoch in 0..config.epochs {
+    progress.start("finetune", total - start.steps.min(total));
+    for epoch in start.first_epoch..config.epochs {
+        // Each epoch draws from its own stream, so a resumed run shuffles
+        // and flips exactly as an uninterrupted one.
+        let mut rng = epoch_rng(config.seed, epoch);
+        let mut order: Vec<usize> = (0..labelled.len()).collect();
         order.shuffle(&mut rng);
         let mut sum = 0.0;
         for chunk in order.chunks(per_step) {
@@ -178,6 +186,15 @@ pub fn finetune(
         let mean = sum / per_epoch as f64;
         report.epoch_losses.push(mean);
         progress.epoch(epoch, mean);
+        if epoch + 1 < config.epochs {
+            checkpoint::save(
+                checkpoints,
+                &model,
+                &optimizer,
+                report.steps,
+                &report.epoch_losses,
+            );
+        }
     }
     progress.finish();
     Ok((model.valid(), report))

@@ -2,12 +2,16 @@
 //! a model and prepared exams and returns weights and metrics; none of them
 //! knows where the data came from or where the weights go.
 
+mod checkpoint;
 mod finetune;
 mod optimizer;
 mod pretrain;
 mod progress;
 mod schedule;
 
+pub use checkpoint::{
+    CheckpointError, CheckpointFile, EpochCheckpoints, NoCheckpoints, TrainState,
+};
 pub use finetune::{FinetuneConfig, FinetuneReport, finetune, predict};
 pub use optimizer::{Optimizer, ProximalAnchor};
 pub use pretrain::{PretrainConfig, PretrainReport, pretrain};

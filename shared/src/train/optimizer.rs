@@ -5,12 +5,10 @@
 //! burn's AdamW takes a fixed decay, so the Adam update runs with decay 0 and the
 //! decay `w ← w·(1 − lr·wd)` is applied right after it by a module mapper.
 
-use std::collections::HashMap;
-
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::Tensor;
+use burn::tensor::{Bytes, Tensor};
 
 pub struct Optimizer {
     inner: ModuleOptimizer,
@@ -25,6 +23,24 @@ impl Optimizer {
         Self {
             inner: config.init(),
         }
+    }
+
+    /// The AdamW moments and step counts, as burnpack bytes keyed by `ParamId`.
+    pub fn state_bytes(&self) -> Result<Vec<u8>, String> {
+        self.inner
+            .into_bytes()
+            .map(|bytes| bytes.to_vec())
+            .map_err(|e| format!("serialising the optimiser state: {e}"))
+    }
+
+    /// Restores what [`Optimizer::state_bytes`] saved. The model being
+    /// trained must carry the same `ParamId`s as when it was saved.
+    pub fn load_state_bytes(self, bytes: &[u8]) -> Result<Self, String> {
+        let inner = self
+            .inner
+            .from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
+            .map_err(|e| format!("loading the optimiser state: {e}"))?;
+        Ok(Self { inner })
     }
 
     /// Back-propagates `loss` and updates `model`.
@@ -59,14 +75,18 @@ impl ModuleMapper for DecayWeights {
 /// after each optimiser update, `w ← w − lr·μ·(w − w_global)`, so local
 /// training on non-IID data cannot drift arbitrarily far from the global model
 /// (Li et al., 2020). The anchor is the model as it was when training started.
+///
+/// Anchors are matched to parameters by their place in the module's traversal
+/// order, not by `ParamId`: a resumed run loads its parameters (and their ids)
+/// from a checkpoint, while the anchor comes from the global model.
 pub struct ProximalAnchor {
-    anchors: HashMap<ParamId, Tensor<1>>,
+    anchors: Vec<Tensor<1>>,
 }
 
 impl ProximalAnchor {
     pub fn capture<M: Module>(model: &M) -> Self {
         let mut collect = CollectAnchors {
-            anchors: HashMap::new(),
+            anchors: Vec::new(),
         };
         model.visit(&mut collect);
         Self {
@@ -81,13 +101,14 @@ impl ProximalAnchor {
         }
         model.map(&mut PullTowards {
             anchors: &self.anchors,
+            next: 0,
             rate: rate.min(1.0) as f32,
         })
     }
 }
 
 struct CollectAnchors {
-    anchors: HashMap<ParamId, Tensor<1>>,
+    anchors: Vec<Tensor<1>>,
 }
 
 impl ModuleVisitor for CollectAnchors {
@@ -95,20 +116,22 @@ impl ModuleVisitor for CollectAnchors {
         let value = param.val();
         let n = value.shape().num_elements();
         self.anchors
-            .insert(param.id, Tensor::from_inner(value.inner().reshape([n])));
+            .push(Tensor::from_inner(value.inner().reshape([n])));
     }
 }
 
 struct PullTowards<'a> {
-    anchors: &'a HashMap<ParamId, Tensor<1>>,
+    anchors: &'a [Tensor<1>],
+    next: usize,
     rate: f32,
 }
 
 impl ModuleMapper for PullTowards<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(anchor) = self.anchors.get(&param.id) else {
+        let Some(anchor) = self.anchors.get(self.next) else {
             return param;
         };
+        self.next += 1;
         let rate = self.rate;
         let anchor = anchor.clone();
         param.map(|t| {

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
-use super::optimizer::Optimizer;
+use super::checkpoint::{self, EpochCheckpoints};
 use super::optimizer::ProximalAnchor;
 use super::progress::Progress;
 use super::schedule::CosineSchedule;
@@ -92,13 +92,16 @@ pub(crate) fn batch_tensors(
 }
 
 /// Pretrains `model` on every slice of `exams` (labels unused). `device` is the
-/// plain device; autodiff is enabled here.
+/// plain device; autodiff is enabled here. Continues from the state
+/// `checkpoints` offers, if any, and hands it one after every epoch but the
+/// last; the result is bit-identical to an uninterrupted run.
 pub fn pretrain(
     model: GmmlModel,
     exams: Arc<Vec<PreparedExam>>,
     config: &PretrainConfig,
     device: &Device,
     progress: &mut dyn Progress,
+    checkpoints: &mut dyn EpochCheckpoints,
 ) -> Result<(GmmlModel, PretrainReport), TrainError> {
     let vit = model.encoder.config().clone();
     let slices: usize = exams.iter().map(|e| e.depth).sum();
@@ -114,9 +117,10 @@ pub fn pretrain(
             bad.id, bad.side, vit.image_size
         )));
     }
-    let pipeline_config = PipelineConfig {
+    let mut pipeline_config = PipelineConfig {
         batch_size: config.batch_size.max(2),
         epochs: config.epochs,
+        first_epoch: 0,
         seed: config.seed,
         side: vit.image_size,
         patch_size: vit.patch_size,
@@ -140,21 +144,31 @@ pub fn pretrain(
     };
 
     let train_device = device.clone().autodiff();
-    let mut model = model.to_device(&train_device).train();
-    let mut optimizer = Optimizer::adamw(config.clip_grad_norm);
+    let model = model.to_device(&train_device).train();
+    // The anchor is the starting (global) model, also when resuming.
     let anchor = (config.proximal_mu > 0.0).then(|| ProximalAnchor::capture(&model));
+    let start = checkpoint::start(checkpoints, model, config.clip_grad_norm, config.epochs);
+    let (mut model, mut optimizer) = (start.model, start.optimizer);
+    pipeline_config.first_epoch = start.first_epoch;
     let mut report = PretrainReport {
-        epoch_losses: Vec::with_capacity(config.epochs),
-        steps: 0,
+        epoch_losses: start.epoch_losses,
+        steps: start.steps,
         slices,
     };
-    let (mut epoch_sum, mut epoch_count, mut current_epoch) = (0.0, 0usize, 0usize);
-    progress.start("pretrain", total);
+    let (mut epoch_sum, mut epoch_count, mut current_epoch) = (0.0, 0usize, start.first_epoch);
+    progress.start("pretrain", total - start.steps.min(total));
     for batch in pipeline::spawn(exams, pipeline_config) {
         if batch.epoch != current_epoch {
             let mean = epoch_sum / epoch_count.max(1) as f64;
             report.epoch_losses.push(mean);
             progress.epoch(current_epoch, mean);
+            checkpoint::save(
+                checkpoints,
+                &model,
+                &optimizer,
+                report.steps,
+                &report.epoch_losses,
+            );
             (epoch_sum, epoch_count, current_epoch) = (0.0, 0, batch.epoch);
         }
         let (corrupted, target, mask) =
