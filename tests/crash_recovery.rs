@@ -92,12 +92,8 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn a_restarted_agent_resends_its_computed_update_instead_of_retraining() {
-    let mut consortium = Consortium::init();
-    let data = consortium.dir.path().join("data");
-    phantom(&data, 1, 12, 4, 64);
-    let bundle = consortium.add_site("site-00", &data.join("site-00"));
+/// A pretraining job of one round that one site completes alone.
+fn one_round_one_site_job(consortium: &Consortium, local_epochs: u32) {
     consortium.aggregator(&[
         "job",
         "create",
@@ -108,8 +104,17 @@ fn a_restarted_agent_resends_its_computed_update_instead_of_retraining() {
         "--min-sites",
         "1",
         "--local-epochs",
-        "3",
+        &local_epochs.to_string(),
     ]);
+}
+
+#[test]
+fn a_restarted_agent_resends_its_computed_update_instead_of_retraining() {
+    let mut consortium = Consortium::init();
+    let data = consortium.dir.path().join("data");
+    phantom(&data, 1, 12, 4, 64);
+    let bundle = consortium.add_site("site-00", &data.join("site-00"));
+    one_round_one_site_job(&consortium, 3);
     consortium.serve();
     let mut agent = consortium.spawn_agent(&bundle);
     // The agent has the global model and is training: take the aggregator away.
@@ -169,18 +174,7 @@ fn one_round_with_agent(
 ) -> (fedslice::wire::TensorMap, String) {
     let mut consortium = Consortium::init();
     let bundle = consortium.add_site("site-00", &data.join("site-00"));
-    consortium.aggregator(&[
-        "job",
-        "create",
-        "--phase",
-        "pretrain",
-        "--rounds",
-        "1",
-        "--min-sites",
-        "1",
-        "--local-epochs",
-        "4",
-    ]);
+    one_round_one_site_job(&consortium, 4);
     consortium.serve();
     let mut agent = consortium.spawn_agent(&bundle);
     let mut logs = String::new();
