@@ -159,6 +159,13 @@ pub struct TrainArgs {
     /// Exams per fine-tuning step (all their slices form one encoder batch).
     #[arg(long, default_value_t = 1)]
     pub exams_per_step: usize,
+    /// Fine-tuning augmentation: smallest random crop, as a fraction of the
+    /// slice area, drawn once per exam (with ±0.1 intensity jitter).
+    #[arg(long, default_value_t = 0.7)]
+    pub augment_min_scale: f64,
+    /// Fine-tune without augmentation.
+    #[arg(long)]
+    pub no_augment: bool,
     /// Keep only this many central slices of each exam (0 keeps all).
     #[arg(long, default_value_t = 8)]
     pub central_slices: usize,

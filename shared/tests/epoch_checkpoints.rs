@@ -1,8 +1,9 @@
 //! Epoch checkpoints: a training run resumed from the state saved after an
 //! epoch ends bit-identical to the run that never stopped (weights, losses,
-//! step count), for GMML pretraining and for fine-tuning, with FedProx on; a
-//! resume without the optimiser moments does not, so the test would notice
-//! if they were lost. The checkpoint file refuses damage and other runs.
+//! step count), for GMML pretraining and for fine-tuning (with flips and
+//! exam augmentation), with FedProx on; a resume without the optimiser
+//! moments does not, so the test would notice if they were lost. The
+//! checkpoint file refuses damage and other runs.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use fedslice::data::preprocess::PreparedExam;
 use fedslice::federated::to_tensor_map;
 use fedslice::model::{ClassifierConfig, ExamClassifier, SlicePooling, VitConfig};
 use fedslice::ssl::GmmlModel;
+use fedslice::ssl::augment::ExamAugment;
 use fedslice::train::{
     CheckpointError, CheckpointFile, EpochCheckpoints, FinetuneConfig, NoCheckpoints, Optimizer,
     PretrainConfig, Progress, TrainState, finetune, pretrain,
@@ -163,6 +165,7 @@ fn resumed_finetuning_is_bit_identical_to_an_uninterrupted_run() {
         exams_per_step: 2,
         lr: 3e-3,
         flip: true,
+        augment: Some(ExamAugment::default()),
         proximal_mu: 0.5,
         seed: 5,
         ..FinetuneConfig::default()

@@ -6,6 +6,7 @@ use fedslice::data::preprocess::{PreparedExam, PreprocessConfig, prepare};
 use fedslice::device::{self, BackendKind};
 use fedslice::experiment::{self, ExperimentConfig, ExperimentReport};
 use fedslice::model::{ClassifierConfig, ClassifierMeta, VitConfig, save_classifier};
+use fedslice::ssl::augment::ExamAugment;
 use fedslice::train::{FinetuneConfig, PretrainConfig};
 
 use crate::cli::TrainArgs;
@@ -24,6 +25,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         (0.0..=1.0).contains(&args.labelled_fraction) && args.labelled_fraction > 0.0,
         "--labelled-fraction must be in (0, 1], got {}",
         args.labelled_fraction
+    );
+    anyhow::ensure!(
+        args.augment_min_scale > 0.0 && args.augment_min_scale <= 1.0,
+        "--augment-min-scale must be in (0, 1], got {}",
+        args.augment_min_scale
     );
     let vit = VitConfig::preset(&args.preset)?;
     let pooling = args.pooling.parse().map_err(anyhow::Error::msg)?;
@@ -101,6 +107,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             epochs: args.finetune_epochs,
             lr: args.finetune_lr,
             exams_per_step: args.exams_per_step,
+            augment: (!args.no_augment).then(|| ExamAugment {
+                min_scale: args.augment_min_scale,
+                ..ExamAugment::default()
+            }),
             seed: args.train_seed,
             ..FinetuneConfig::default()
         },

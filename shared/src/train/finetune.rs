@@ -13,6 +13,7 @@ use super::progress::Progress;
 use super::schedule::{CosineSchedule, ScheduleWindow};
 use crate::data::preprocess::PreparedExam;
 use crate::model::ExamClassifier;
+use crate::ssl::augment::{ExamAugment, ExamTransform};
 use crate::ssl::pipeline::epoch_rng;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +31,13 @@ pub struct FinetuneConfig {
     /// Mirror whole exams left–right at random. Off by default: on a sagittal
     /// slice that swaps anterior and posterior, which no scanner produces.
     pub flip: bool,
+    /// Random crop and intensity jitter, one draw per exam. On by default:
+    /// without it the classifier memorised the few labelled exams (training
+    /// loss 0.1–0.2, held-out AUC 0.58–0.71 on the phantom); with it, 0.94 and
+    /// 0.99 on the same runs. Absent from a stored job spec (written before
+    /// it existed) means off, as those jobs ran.
+    #[serde(default)]
+    pub augment: Option<ExamAugment>,
     pub seed: u64,
     #[serde(default)]
     pub schedule: ScheduleWindow,
@@ -50,6 +58,7 @@ impl Default for FinetuneConfig {
             clip_grad_norm: 3.0,
             pos_weight: None,
             flip: false,
+            augment: Some(ExamAugment::default()),
             seed: 0,
             schedule: ScheduleWindow::default(),
             proximal_mu: 0.0,
@@ -65,18 +74,36 @@ pub struct FinetuneReport {
     pub pos_weight: f64,
 }
 
+/// How one exam is shown in a training step.
+#[derive(Debug, Clone, Default)]
+struct ExamView {
+    mirror: bool,
+    transform: Option<ExamTransform>,
+}
+
 /// Stacks the slices of `exams` into `[ΣS, 1, H, W]` plus per-exam counts.
-fn exam_batch(exams: &[&PreparedExam], flip: &[bool], device: &Device) -> (Tensor<4>, Vec<usize>) {
+fn exam_batch(
+    exams: &[&PreparedExam],
+    views: &[ExamView],
+    device: &Device,
+) -> (Tensor<4>, Vec<usize>) {
     let side = exams.first().map_or(0, |e| e.side);
     let total: usize = exams.iter().map(|e| e.depth).sum();
     let mut pixels = Vec::with_capacity(total * side * side);
-    for (exam, &mirror) in exams.iter().zip(flip) {
-        if mirror {
-            for row in exam.pixels.chunks(side) {
-                pixels.extend(row.iter().rev());
+    for (exam, view) in exams.iter().zip(views) {
+        for z in 0..exam.depth {
+            let slice = exam.slice(z);
+            let shown = match &view.transform {
+                Some(t) => std::borrow::Cow::Owned(t.apply(slice, side)),
+                None => std::borrow::Cow::Borrowed(slice),
+            };
+            if view.mirror {
+                for row in shown.chunks(side) {
+                    pixels.extend(row.iter().rev());
+                }
+            } else {
+                pixels.extend_from_slice(&shown);
             }
-        } else {
-            pixels.extend_from_slice(&exam.pixels);
         }
     }
     let tensor = Tensor::from_data(TensorData::new(pixels, [total, 1, side, side]), device);
@@ -156,15 +183,21 @@ pub fn finetune(
         let mut sum = 0.0;
         for chunk in order.chunks(per_step) {
             let batch: Vec<&PreparedExam> = chunk.iter().map(|&i| labelled[i].0).collect();
-            let flips: Vec<bool> = chunk
+            let views: Vec<ExamView> = batch
                 .iter()
-                .map(|_| config.flip && rand::Rng::random_bool(&mut rng, 0.5))
+                .map(|exam| ExamView {
+                    mirror: config.flip && rand::Rng::random_bool(&mut rng, 0.5),
+                    transform: config
+                        .augment
+                        .as_ref()
+                        .map(|a| ExamTransform::draw(&mut rng, exam.side, a)),
+                })
                 .collect();
             let targets: Vec<f32> = chunk
                 .iter()
                 .map(|&i| f32::from(u8::from(labelled[i].1)))
                 .collect();
-            let (slices, counts) = exam_batch(&batch, &flips, &train_device);
+            let (slices, counts) = exam_batch(&batch, &views, &train_device);
             let labels = Tensor::from_data(TensorData::new(targets, [chunk.len()]), &train_device);
             let loss = weighted_bce(model.forward(slices, &counts), labels, pos_weight);
             let value = loss.clone().into_scalar::<f32>() as f64;
@@ -206,7 +239,7 @@ pub fn predict(model: &ExamClassifier, exams: &[PreparedExam], device: &Device) 
     let mut out = Vec::with_capacity(exams.len());
     for chunk in exams.chunks(4) {
         let batch: Vec<&PreparedExam> = chunk.iter().collect();
-        let (slices, counts) = exam_batch(&batch, &vec![false; chunk.len()], device);
+        let (slices, counts) = exam_batch(&batch, &vec![ExamView::default(); chunk.len()], device);
         let probs = sigmoid(model.forward(slices, &counts)).into_data();
         match probs.try_to_vec::<f32>() {
             Ok(values) => out.extend(values.into_iter().map(f64::from)),
