@@ -143,11 +143,13 @@ fn update_upload_resumes_after_a_dropped_connection() {
         );
 
         // A chunk at the wrong offset is told to resume elsewhere (once the
-        // server has let go of the dropped request: until then, "busy").
+        // server has let go of the dropped request: until then, "busy"). The
+        // chunk is small: the server answers 416 without reading the body,
+        // and a large body still being written would meet a closed socket.
         let mut wrong = PartOutcome::Busy;
         for _ in 0..100 {
             wrong = client
-                .upload_part(&digest, 0, total, payload.clone().into())
+                .upload_part(&digest, 0, total, payload[..1024].to_vec().into())
                 .await
                 .expect("answer");
             if !matches!(wrong, PartOutcome::Busy) {
