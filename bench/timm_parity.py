@@ -2,14 +2,15 @@
 """Checks an exported fedslice bundle against the Python ecosystem.
 
 1. timm builds the encoder from config.json's `timm.kwargs`, loads the
-   encoder tensors of model.safetensors with strict=True, and its CLS
-   features match the Rust encoder's (given as a raw float32 file).
+   encoder tensors of model.safetensors with strict=True, and its pooled
+   features (the CLS token or the mean patch token, as `global_pool` says)
+   match the Rust encoder's slice embeddings (given as a raw float32 file).
 2. onnxruntime runs model.onnx (when the bundle has one) and its exam logit
    and slice logits match the Rust model's.
 
-Usage: timm_parity.py BUNDLE INPUT.f32 SLICES CLS.f32 LOGITS.f32
+Usage: timm_parity.py BUNDLE INPUT.f32 SLICES FEATURES.f32 LOGITS.f32
   INPUT.f32   float32 little-endian [SLICES, 1, H, W] (preprocessed exam)
-  CLS.f32     float32 [SLICES, D]   Rust encoder CLS features
+  FEATURES.f32 float32 [SLICES, D]  Rust slice embeddings
   LOGITS.f32  float32 [1 + SLICES]  Rust exam logit, then slice logits
 Exit 0 when every difference is within 1e-4; prints the measured maxima.
 """
@@ -49,7 +50,7 @@ def main() -> int:
     with torch.no_grad():
         got_cls = model(torch.from_numpy(x)).numpy()
     cls_diff = float(np.abs(got_cls - want_cls).max())
-    print(f"timm {timm.__version__}: CLS features {got_cls.shape}, max |timm - rust| = {cls_diff:.2e}")
+    print(f"timm {timm.__version__} (global_pool={kwargs['global_pool']!r}): features {got_cls.shape}, max |timm - rust| = {cls_diff:.2e}")
     ok = cls_diff <= TOL
 
     onnx_path = bundle / "model.onnx"

@@ -135,6 +135,10 @@ pub struct TrainArgs {
     /// Slice pooling: transformer (SB-SSL) or max (MRNet baseline).
     #[arg(long, default_value = "transformer")]
     pub pooling: String,
+    /// What embeds a slice: mean-patch (mean of the encoder's patch tokens) or
+    /// cls (its CLS token; GMML never trains it, see README).
+    #[arg(long, default_value = "mean-patch")]
+    pub slice_embedding: fedslice::model::SliceEmbedding,
     /// Fraction of training exams whose labels are used for fine-tuning.
     #[arg(long, default_value_t = 1.0)]
     pub labelled_fraction: f64,

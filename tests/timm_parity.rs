@@ -1,6 +1,6 @@
 //! The bundle in the Python ecosystem: timm loads model.safetensors into a
-//! `VisionTransformer(in_chans=1)` with strict=True and its CLS features match
-//! the Rust encoder; onnxruntime runs model.onnx to the same logits (both to
+//! `VisionTransformer(in_chans=1)` with strict=True and its pooled features
+//! match the Rust slice embeddings (mean patch token and CLS token); onnxruntime runs model.onnx to the same logits (both to
 //! 1e-4, checked by bench/timm_parity.py).
 //!
 //! Needs a Python with torch, timm, safetensors and onnxruntime: set
@@ -14,7 +14,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use fedslice::data::plane::Plane;
 use fedslice::data::preprocess::PreprocessConfig;
 use fedslice::export::{BundleConfig, Origin, Provenance, write_bundle};
-use fedslice::model::{ClassifierConfig, ExamClassifier, SlicePooling, VitConfig};
+use fedslice::model::{ClassifierConfig, ExamClassifier, SliceEmbedding, SlicePooling, VitConfig};
 
 fn python() -> String {
     std::env::var("FEDSLICE_PYTHON").unwrap_or_else(|_| "python3".into())
@@ -54,10 +54,17 @@ fn timm_and_onnxruntime_reproduce_the_rust_model() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/timm_parity.py");
-    for (name, preset) in [("test", "test"), ("tiny", "vit-tiny")] {
+    for (name, preset, embedding) in [
+        ("test-cls", "test", SliceEmbedding::Cls),
+        ("test-mean", "test", SliceEmbedding::MeanPatch),
+        ("tiny", "vit-tiny", SliceEmbedding::MeanPatch),
+    ] {
         let vit = VitConfig::preset(preset).expect("preset");
         let size = vit.image_size;
-        let arch = ClassifierConfig::new(vit, SlicePooling::Transformer);
+        let arch = ClassifierConfig {
+            slice_embedding: embedding,
+            ..ClassifierConfig::new(vit, SlicePooling::Transformer)
+        };
         let model = ExamClassifier::new(&arch, &d);
         let config = BundleConfig::new(
             arch,
@@ -82,19 +89,19 @@ fn timm_and_onnxruntime_reproduce_the_rust_model() {
 
         let slices = 5;
         let x = Tensor::<4>::random([slices, 1, size, size], Distribution::Normal(0.0, 1.0), &d);
-        let cls = model.encoder.forward_cls(x.clone());
+        let features = model.encoder.forward_embedding(x.clone(), embedding);
         let (logit, slice_logits) = model.forward_exam_with_slices(x.clone());
         let logits = Tensor::cat(vec![logit, slice_logits], 0).reshape([1, 1 + slices]);
         let input = root.join(format!("{name}-input.f32"));
         write_f32(&input, x.reshape([slices, size * size]));
-        write_f32(&root.join(format!("{name}-cls.f32")), cls);
+        write_f32(&root.join(format!("{name}-features.f32")), features);
         write_f32(&root.join(format!("{name}-logits.f32")), logits);
         let out = Command::new(&python)
             .arg(&script)
             .arg(&bundle)
             .arg(&input)
             .arg(slices.to_string())
-            .arg(root.join(format!("{name}-cls.f32")))
+            .arg(root.join(format!("{name}-features.f32")))
             .arg(root.join(format!("{name}-logits.f32")))
             .output()
             .expect("run python");

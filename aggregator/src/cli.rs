@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use fedslice::aggregate::ServerOptimizer;
-use fedslice::model::SlicePooling;
+use fedslice::model::{SliceEmbedding, SlicePooling};
 use fedslice::protocol::{Aggregation, Phase};
 use fedslice::wire::Dtype;
 
@@ -143,6 +143,9 @@ pub struct JobArgs {
     /// transformer or max slice pooling (finetune).
     #[arg(long, default_value = "transformer")]
     pub pooling: SlicePooling,
+    /// What embeds a slice (finetune): mean-patch (mean patch token) or cls (CLS token).
+    #[arg(long, default_value = "mean-patch")]
+    pub slice_embedding: SliceEmbedding,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -308,6 +311,7 @@ fn create_job(dir: &Path, args: &JobArgs) -> anyhow::Result<()> {
         phase: args.phase,
         preset: args.preset.clone(),
         pooling: args.pooling,
+        slice_embedding: args.slice_embedding,
         rounds: args.rounds,
         min_sites: args.min_sites,
         local_epochs: args.local_epochs,

@@ -48,6 +48,22 @@ fn encoder_and_head_output_shapes() {
         [3, 65, 64]
     );
     assert_eq!(model.encoder.forward_cls(images.clone()).dims(), [3, 64]);
+    // The mean-patch embedding averages the 64 patch tokens and leaves CLS out.
+    let tokens: Vec<f32> = model
+        .encoder
+        .forward_tokens(images.clone())
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let mean = model.encoder.forward_mean_patch(images.clone());
+    assert_eq!(mean.dims(), [3, 64]);
+    let mean: Vec<f32> = mean.into_data().try_to_vec::<f32>().unwrap();
+    for (b, row) in mean.chunks(64).enumerate() {
+        for (c, &got) in row.iter().enumerate() {
+            let want = (1..65).map(|t| tokens[(b * 65 + t) * 64 + c]).sum::<f32>() / 64.0;
+            assert!((got - want).abs() < 1e-5, "[{b}, {c}]: {got} vs {want}");
+        }
+    }
     assert_eq!(model.reconstruct(images).dims(), [3, 64, 64]);
 }
 

@@ -1,6 +1,6 @@
 //! The exported ONNX graph, run by an independent runtime (tract, pure Rust),
-//! gives the burn classifier's exam and slice logits, for both poolings and
-//! for several slice counts from one file (the slice count is symbolic).
+//! gives the burn classifier's exam and slice logits, for both poolings, both
+//! slice embeddings and for several slice counts from one file (the slice count is symbolic).
 
 use std::error::Error;
 use std::time::Instant;
@@ -12,7 +12,7 @@ use fedslice::export::onnx::{
 };
 use fedslice::export::timm::to_bundle_layout;
 use fedslice::federated::{from_tensor_map, to_tensor_map};
-use fedslice::model::{ClassifierConfig, ExamClassifier, SlicePooling, VitConfig};
+use fedslice::model::{ClassifierConfig, ExamClassifier, SliceEmbedding, SlicePooling, VitConfig};
 use tract_onnx::prelude::{
     Framework, InferenceModelExt, IntoRunnable, IntoTValue, TValue, Tensor as TractTensor, tvec,
 };
@@ -28,9 +28,13 @@ const SLICE_COUNTS: [usize; 3] = [7, 1, 12];
 /// behind a one or a zero.
 fn perturbed_classifier(
     pooling: SlicePooling,
+    embedding: SliceEmbedding,
     device: &Device,
 ) -> (ClassifierConfig, ExamClassifier) {
-    let config = ClassifierConfig::new(VitConfig::preset("test").expect("preset"), pooling);
+    let config = ClassifierConfig {
+        slice_embedding: embedding,
+        ..ClassifierConfig::new(VitConfig::preset("test").expect("preset"), pooling)
+    };
     device.seed(31);
     let model = ExamClassifier::new(&config, device);
     let mut tensors = to_tensor_map(&model).expect("tensor map");
@@ -64,9 +68,9 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-fn burn_and_tract_agree(pooling: SlicePooling) -> TestResult {
+fn burn_and_tract_agree(pooling: SlicePooling, embedding: SliceEmbedding) -> TestResult {
     let device = Device::flex();
-    let (config, model) = perturbed_classifier(pooling, &device);
+    let (config, model) = perturbed_classifier(pooling, embedding, &device);
     let tensors = to_bundle_layout(&to_tensor_map(&model)?)?;
 
     let started = Instant::now();
@@ -116,12 +120,12 @@ fn burn_and_tract_agree(pooling: SlicePooling) -> TestResult {
         let exam_diff = max_abs_diff(&exam, &logit);
         let slice_diff = max_abs_diff(&each, &slice_logits);
         println!(
-            "{pooling:?} S={count}: exam logit {:.4} (burn), max |burn - tract| exam logit {exam_diff:.2e}, slice logits {slice_diff:.2e}",
+            "{pooling:?}/{embedding:?} S={count}: exam logit {:.4} (burn), max |burn - tract| exam logit {exam_diff:.2e}, slice logits {slice_diff:.2e}",
             exam[0]
         );
         assert!(
             exam_diff <= TOLERANCE && slice_diff <= TOLERANCE,
-            "{pooling:?}, {count} slices: burn exam {exam:?} slices {each:?}, onnx exam {logit:?} slices {slice_logits:?}"
+            "{pooling:?}/{embedding:?}, {count} slices: burn exam {exam:?} slices {each:?}, onnx exam {logit:?} slices {slice_logits:?}"
         );
         worst = worst.max(exam_diff).max(slice_diff);
 
@@ -132,7 +136,7 @@ fn burn_and_tract_agree(pooling: SlicePooling) -> TestResult {
         assert!(max_abs_diff(&scores, &expected) <= 1e-6);
     }
     println!(
-        "{pooling:?}: {} bytes of ONNX, exported in {exported:.1?}, loaded and optimised by tract in {loaded:.1?}; worst difference {worst:.2e} (input `{INPUT}`)",
+        "{pooling:?}/{embedding:?}: {} bytes of ONNX, exported in {exported:.1?}, loaded and optimised by tract in {loaded:.1?}; worst difference {worst:.2e} (input `{INPUT}`)",
         onnx.len()
     );
     Ok(())
@@ -140,10 +144,15 @@ fn burn_and_tract_agree(pooling: SlicePooling) -> TestResult {
 
 #[test]
 fn transformer_pooling_matches_burn() -> TestResult {
-    burn_and_tract_agree(SlicePooling::Transformer)
+    burn_and_tract_agree(SlicePooling::Transformer, SliceEmbedding::MeanPatch)
 }
 
 #[test]
 fn max_pooling_matches_burn() -> TestResult {
-    burn_and_tract_agree(SlicePooling::Max)
+    burn_and_tract_agree(SlicePooling::Max, SliceEmbedding::MeanPatch)
+}
+
+#[test]
+fn cls_slice_embedding_matches_burn() -> TestResult {
+    burn_and_tract_agree(SlicePooling::Transformer, SliceEmbedding::Cls)
 }

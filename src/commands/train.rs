@@ -95,7 +95,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     );
 
     let config = ExperimentConfig {
-        model: ClassifierConfig::new(vit, pooling),
+        model: ClassifierConfig {
+            slice_embedding: args.slice_embedding,
+            ..ClassifierConfig::new(vit, pooling)
+        },
         pretrain: (!args.no_pretrain).then(|| PretrainConfig {
             epochs: args.pretrain_epochs,
             batch_size: args.batch_size,
@@ -146,6 +149,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "pretrain_loss_last": report.pretrain_loss_last,
         "preset": args.preset,
         "pooling": args.pooling,
+        "slice_embedding": args.slice_embedding,
         "device": backend.to_string(),
         "labelled_fraction": args.labelled_fraction,
         "no_pretrain": args.no_pretrain,

@@ -16,7 +16,7 @@ use super::timm::{LayoutError, from_bundle_layout, to_bundle_layout};
 use crate::data::plane::Plane;
 use crate::data::preprocess::PreprocessConfig;
 use crate::federated::{from_tensor_map, to_tensor_map};
-use crate::model::{ClassifierConfig, ClassifierMeta, ExamClassifier, VitConfig};
+use crate::model::{ClassifierConfig, ClassifierMeta, ExamClassifier, SliceEmbedding, VitConfig};
 use crate::wire::{self, Dtype, TensorMap};
 
 pub const FORMAT: &str = "fedslice-classifier-bundle";
@@ -70,7 +70,7 @@ pub struct TimmSpec {
 }
 
 impl TimmSpec {
-    pub fn for_encoder(vit: &VitConfig) -> Self {
+    pub fn for_encoder(vit: &VitConfig, embedding: SliceEmbedding) -> Self {
         let width = match (vit.embed_dim, vit.num_heads) {
             (192, 3) => Some("tiny"),
             (384, 6) => Some("small"),
@@ -93,7 +93,10 @@ impl TimmSpec {
                 "mlp_ratio": vit.mlp_ratio,
                 "qkv_bias": true,
                 "class_token": true,
-                "global_pool": "token",
+                "global_pool": embedding.timm_global_pool(),
+                // timm normalises after pooling for "avg" unless told not to;
+                // fedslice normalises every token first, under the name `norm`.
+                "fc_norm": false,
             }),
         }
     }
@@ -151,7 +154,7 @@ impl BundleConfig {
             format: FORMAT.into(),
             format_version: FORMAT_VERSION,
             fedslice_version: env!("CARGO_PKG_VERSION").into(),
-            timm: TimmSpec::for_encoder(&architecture.encoder),
+            timm: TimmSpec::for_encoder(&architecture.encoder, architecture.slice_embedding),
             architecture,
             tensor_layout: "timm VisionTransformer; exam pooling and head under `exam.`".into(),
             input: InputSpec {

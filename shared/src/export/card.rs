@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bundle::BundleConfig;
 use crate::metrics;
+use crate::model::SliceEmbedding;
 
 /// Where the bundle's weights came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +229,7 @@ pub fn render_model_card(config: &BundleConfig, p: &Provenance) -> String {
          - Populations or scanners unlike the training sites' without local validation: check the per-site numbers below.\n\n\
          ## Model\n\
          - Encoder: Vision Transformer, {depth} blocks, width {dim}, {heads} heads, patch {patch}, input {size}×{size}, one channel (timm `{timm}`).\n\
+         - Slice embedding: {embedding}.\n\
          - Exam pooling: {pooling:?} over slice embeddings ({pool_depth} block(s), slice table {max_slices}); one logit; probability = sigmoid(logit).\n\
          - Preprocessing: central crop {crop:.2} of the field of view, {central} central slices (0 = all), resample to {size}×{size}, clip to the {lo}–{hi} percentiles, z-score per exam.\n\
          - Self-supervised pretraining: GMML (group masked model learning) on unlabelled slices, then supervised fine-tuning.\n\n\
@@ -258,6 +260,11 @@ pub fn render_model_card(config: &BundleConfig, p: &Provenance) -> String {
             .model_name
             .as_deref()
             .unwrap_or("VisionTransformer, custom size"),
+        embedding = match arch.slice_embedding {
+            SliceEmbedding::MeanPatch =>
+                "mean of the encoder's patch tokens (timm global_pool=\"avg\", fc_norm=False)",
+            SliceEmbedding::Cls => "the encoder's CLS token (timm global_pool=\"token\")",
+        },
         pooling = arch.pooling,
         pool_depth = arch.pool_depth,
         max_slices = arch.max_slices,

@@ -35,7 +35,7 @@ use std::collections::{BTreeSet, HashMap};
 use proto::{Attribute, AttributeValue, DataType, Dim, Graph, Model, Node, TensorValue, ValueInfo};
 
 use super::bundle::{ONNX_FILE, OnnxSpec};
-use crate::model::{ClassifierConfig, SlicePooling};
+use crate::model::{ClassifierConfig, SliceEmbedding, SlicePooling};
 use crate::wire::TensorMap;
 
 /// ONNX operator set (default domain) the graph uses.
@@ -199,7 +199,8 @@ pub fn classifier_to_onnx(
     Ok(bytes)
 }
 
-/// Slices `[S, 1, H, W]` → CLS embeddings `[S, D]` (timm `VisionTransformer`).
+/// Slices `[S, 1, H, W]` → slice embeddings `[S, D]` (timm `VisionTransformer`
+/// features: the CLS token or the mean patch token, as the config says).
 fn encoder(b: &mut Builder, config: &ClassifierConfig) -> Result<String, OnnxError> {
     let vit = &config.encoder;
     let (d, p, n) = (vit.embed_dim, vit.patch_size, vit.num_patches());
@@ -248,7 +249,27 @@ fn encoder(b: &mut Builder, config: &ClassifierConfig) -> Result<String, OnnxErr
         x = block(b, &x, &format!("blocks.{i}"), d, vit.num_heads)?;
     }
     let x = layer_norm(b, &x, "norm", d)?;
-    Ok(first_token(b, &x, "cls"))
+    Ok(match config.slice_embedding {
+        SliceEmbedding::Cls => first_token(b, &x, "cls"),
+        SliceEmbedding::MeanPatch => {
+            let starts = b.const_i64(&[1]);
+            let ends = b.const_i64(&[1 + n as i64]);
+            let axes = b.const_i64(&[1]);
+            let patches = b.op(
+                "Slice",
+                &[&x, &starts, &ends, &axes],
+                vec![],
+                "patch_tokens",
+            );
+            // Opset 17 still takes ReduceMean's axes as an attribute.
+            b.op(
+                "ReduceMean",
+                &[&patches],
+                vec![ints("axes", &[1]), int("keepdims", 0)],
+                "mean_patch",
+            )
+        }
+    })
 }
 
 /// The SB-SSL slice pooler on embeddings `[S, D]`: (the whole exam `[1, D]`,

@@ -6,7 +6,7 @@ use burn::tensor::Device;
 use super::{FederatedError, from_tensor_map, to_tensor_map};
 use crate::aggregate::ServerOptimizer;
 use crate::data::preprocess::PreprocessConfig;
-use crate::model::{ClassifierConfig, ExamClassifier, SlicePooling, VitConfig};
+use crate::model::{ClassifierConfig, ExamClassifier, SliceEmbedding, SlicePooling, VitConfig};
 use crate::protocol::{Aggregation, JobSpec, Phase};
 use crate::ssl::GmmlModel;
 use crate::train::{FinetuneConfig, PretrainConfig};
@@ -19,6 +19,7 @@ pub struct JobOptions {
     pub phase: Phase,
     pub preset: String,
     pub pooling: SlicePooling,
+    pub slice_embedding: SliceEmbedding,
     pub rounds: u32,
     pub min_sites: u32,
     pub local_epochs: usize,
@@ -60,7 +61,10 @@ pub fn job_spec(options: &JobOptions) -> Result<JobSpec, FederatedError> {
     Ok(JobSpec {
         phase: options.phase,
         preset: options.preset.clone(),
-        model: ClassifierConfig::new(encoder, options.pooling),
+        model: ClassifierConfig {
+            slice_embedding: options.slice_embedding,
+            ..ClassifierConfig::new(encoder, options.pooling)
+        },
         preprocess,
         pretrain: PretrainConfig {
             epochs: options.local_epochs,

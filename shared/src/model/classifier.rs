@@ -1,6 +1,12 @@
 //! SB-SSL's exam classifier: the encoder embeds each slice, the slice pooler
 //! turns an exam's slice embeddings into one, and a linear head gives the
 //! ACL-tear logit.
+//!
+//! DESIGN.md embeds a slice by its CLS token; the default here is the mean of
+//! the patch tokens ([`SliceEmbedding`](super::SliceEmbedding)): GMML
+//! pretraining leaves the CLS output untrained and nearly constant across
+//! slices, and fine-tuning from it failed on one initialisation in three.
+//! `Cls` stays available.
 
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, Linear};
@@ -123,7 +129,9 @@ impl ExamClassifier {
     /// `slices`: every slice of every exam stacked, `[ΣS, 1, H, W]`;
     /// `counts[e]`: number of slices of exam e, in order. Returns logits `[E]`.
     pub fn forward(&self, slices: Tensor<4>, counts: &[usize]) -> Tensor<1> {
-        let embeddings = self.encoder.forward_cls(slices);
+        let embeddings = self
+            .encoder
+            .forward_embedding(slices, self.config.slice_embedding);
         let mut offset = 0;
         let exams: Vec<Tensor<2>> = counts
             .iter()
@@ -147,7 +155,9 @@ impl ExamClassifier {
     /// place in the exam: a pointer for review, not a localisation.
     pub fn forward_exam_with_slices(&self, slices: Tensor<4>) -> (Tensor<1>, Tensor<1>) {
         let [count, ..] = slices.dims();
-        let embeddings = self.encoder.forward_cls(slices);
+        let embeddings = self
+            .encoder
+            .forward_embedding(slices, self.config.slice_embedding);
         let (exam, each) = match &self.pooler {
             Some(pooler) => (
                 pooler.forward(embeddings.clone()),

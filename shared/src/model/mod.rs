@@ -13,6 +13,6 @@ pub use checkpoint::{
     save_safetensors,
 };
 pub use classifier::ExamClassifier;
-pub use config::{ClassifierConfig, SlicePooling, UnknownPreset, VitConfig};
+pub use config::{ClassifierConfig, SliceEmbedding, SlicePooling, UnknownPreset, VitConfig};
 pub use recon_head::ReconstructionHead;
 pub use vit::{Block, VisionTransformer};

@@ -11,7 +11,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::attention::Attention;
-use super::config::VitConfig;
+use super::config::{SliceEmbedding, VitConfig};
 
 /// timm's `LayerNorm(eps=1e-6)`.
 pub(crate) fn layer_norm(dim: usize, device: &Device) -> LayerNorm {
@@ -144,6 +144,24 @@ impl VisionTransformer {
         self.forward_tokens(images)
             .narrow(1, 0, 1)
             .reshape([batch, d])
+    }
+
+    /// Mean of the normalised patch tokens (CLS excluded), `[B, D]`.
+    pub fn forward_mean_patch(&self, images: Tensor<4>) -> Tensor<2> {
+        let tokens = self.forward_tokens(images);
+        let [batch, count, d] = tokens.dims();
+        tokens
+            .narrow(1, 1, count - 1)
+            .mean_dim(1)
+            .reshape([batch, d])
+    }
+
+    /// The embedding `kind` names, `[B, D]`.
+    pub fn forward_embedding(&self, images: Tensor<4>, kind: SliceEmbedding) -> Tensor<2> {
+        match kind {
+            SliceEmbedding::MeanPatch => self.forward_mean_patch(images),
+            SliceEmbedding::Cls => self.forward_cls(images),
+        }
     }
 
     /// The learned position table, bicubically resampled (as timm does) when the
