@@ -155,7 +155,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Pretraining learning rate per 256 slices (scaled by batch/256).
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = fedslice::train::PretrainConfig::default().lr_per_256)]
     pub pretrain_lr: f64,
     /// Fine-tuning peak learning rate.
     #[arg(long, default_value_t = 3e-4)]

@@ -77,22 +77,27 @@ fn gmml_pretraining_loss_falls_on_phantom_slices() {
     );
 }
 
-/// The exam classifier, trained from scratch on a small cohort with the
-/// default per-exam augmentation, separates torn from intact ACLs on held-out
-/// exams well above chance. This configuration gave held-out AUC 0.937 with
-/// this initialisation and 0.815–0.988 over initialisations 3–7; without the
-/// augmentation it memorised the training exams and gave 0.58–0.71.
+/// The method's main path: GMML pretraining on every training slice (default
+/// rate), then fine-tuning the exam classifier (mean-patch slice embedding,
+/// default per-exam augmentation), separates torn from intact ACLs on held-out
+/// exams. This initialisation gave AUC 0.965; inits 3–7 gave 0.971, 0.965,
+/// 0.856, 0.979, 0.975. Embedding slices by the CLS token instead gave 0.927
+/// here, and 0.608 (a constant prediction) at the old pretraining rate 5e-4.
 #[test]
-fn classifier_beats_chance_on_held_out_phantom_exams() {
+fn pretrained_classifier_separates_held_out_phantom_exams() {
     let (train, test) = cohort(3, 50, 11, 8);
     let device = Device::flex();
-    device.seed(3);
+    device.seed(4);
     let config = ExperimentConfig {
         model: ClassifierConfig::new(
             VitConfig::preset("test").expect("preset"),
             SlicePooling::Transformer,
         ),
-        pretrain: None,
+        pretrain: Some(PretrainConfig {
+            epochs: 8,
+            batch_size: 32,
+            ..PretrainConfig::default()
+        }),
         finetune: FinetuneConfig {
             epochs: 40,
             exams_per_step: 1,
@@ -109,9 +114,17 @@ fn classifier_beats_chance_on_held_out_phantom_exams() {
     let first = report.finetune_epoch_losses[0];
     let last = *report.finetune_epoch_losses.last().expect("epochs");
     assert!(last < 0.5 * first, "fine-tuning loss {first} → {last}");
+    let (first_pre, last_pre) = (
+        report.pretrain_loss_first.expect("pretrained"),
+        report.pretrain_loss_last.expect("pretrained"),
+    );
     assert!(
-        report.auc > 0.75,
-        "held-out AUC {} (CI {:?}) is not well above chance",
+        last_pre < 0.95 * first_pre,
+        "pretraining loss {first_pre} → {last_pre}"
+    );
+    assert!(
+        report.auc > 0.9,
+        "held-out AUC {} (CI {:?}) is below 0.9",
         report.auc,
         report.auc_ci
     );
