@@ -12,6 +12,7 @@
 //! from and where results go.
 
 pub mod aggregate;
+pub mod atomic_file;
 pub mod bench;
 pub mod data;
 pub mod device;

@@ -57,11 +57,5 @@ pub fn run(options: PredictOptions<'_>) -> anyhow::Result<()> {
 
 /// Writes beside and renames, so a watcher never reads half a result.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes).with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))
+    fedslice::atomic_file::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }

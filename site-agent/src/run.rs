@@ -90,17 +90,6 @@ fn round_checkpoint(
     Ok(CheckpointFile::new(dir.join(name), key))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("part");
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
 pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let config = SiteConfig::load(config_path)?;
     for sub in ["models", "outbox"] {
@@ -233,7 +222,8 @@ async fn do_round(
             let update = update?;
             let payload =
                 work.encode_update(&update.delta, update.samples, update.metrics.clone())?;
-            write_atomic(&outbox, &payload)?;
+            fedslice::atomic_file::write(&outbox, &payload)
+                .with_context(|| format!("writing {}", outbox.display()))?;
             // The outbox now holds the result; the epoch checkpoint is spent.
             if let Err(e) = checkpoints.remove() {
                 tracing::warn!("{e}; it is removed when the next round starts");

@@ -12,7 +12,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -64,8 +63,6 @@ struct EntryHeader {
 pub struct PreparedCache {
     dir: PathBuf,
 }
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl PreparedCache {
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
@@ -144,23 +141,17 @@ impl PreparedCache {
         };
         let header = serde_json::to_vec(&header).unwrap_or_default();
         let path = self.entry_path(key);
-        let tmp = self.dir.join(format!(
-            ".{key}.{}.{}.tmp",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
         let io = |source| CacheError::Io {
             path: path.clone(),
             source,
         };
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(MAGIC)
-            .and_then(|()| file.write_all(&(header.len() as u32).to_le_bytes()))
-            .and_then(|()| file.write_all(&header))
-            .and_then(|()| file.write_all(&pixels))
-            .and_then(|()| file.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        crate::atomic_file::write_with(&path, |file| {
+            file.write_all(MAGIC)?;
+            file.write_all(&(header.len() as u32).to_le_bytes())?;
+            file.write_all(&header)?;
+            file.write_all(&pixels)
+        })
+        .map_err(io)
     }
 }
 

@@ -304,26 +304,14 @@ impl CheckpointFile {
             body_sha256: hex::encode(hasher.finalize()),
         })
         .map_err(|e| CheckpointError::State(format!("encoding the checkpoint header: {e}")))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
-        }
-        let tmp = self.path.with_extension("part");
-        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(MAGIC)
-            .and_then(|()| file.write_all(&(header.len() as u64).to_le_bytes()))
-            .and_then(|()| file.write_all(&header))
-            .and_then(|()| file.write_all(&state.model))
-            .and_then(|()| file.write_all(&state.optimizer))
-            .and_then(|()| file.sync_all())
-            .map_err(io(&tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
-        if let Some(dir) = self.path.parent()
-            && let Ok(dir) = std::fs::File::open(dir)
-        {
-            // Makes the rename itself durable; not every filesystem allows it.
-            let _ = dir.sync_all();
-        }
+        crate::atomic_file::write_with(&self.path, |file| {
+            file.write_all(MAGIC)?;
+            file.write_all(&(header.len() as u64).to_le_bytes())?;
+            file.write_all(&header)?;
+            file.write_all(&state.model)?;
+            file.write_all(&state.optimizer)
+        })
+        .map_err(io(&self.path))?;
         Ok(())
     }
 }
