@@ -137,7 +137,7 @@ pub struct TrainArgs {
     pub pooling: String,
     /// What embeds a slice: mean-patch (mean of the encoder's patch tokens) or
     /// cls (its CLS token; GMML never trains it, see README).
-    #[arg(long, default_value = "mean-patch")]
+    #[arg(long, default_value_t = Default::default())]
     pub slice_embedding: fedslice::model::SliceEmbedding,
     /// Fraction of training exams whose labels are used for fine-tuning.
     #[arg(long, default_value_t = 1.0)]

@@ -1,7 +1,8 @@
 //! The bundle in the Python ecosystem: timm loads model.safetensors into a
 //! `VisionTransformer(in_chans=1)` with strict=True and its pooled features
-//! match the Rust slice embeddings (mean patch token and CLS token); onnxruntime runs model.onnx to the same logits (both to
-//! 1e-4, checked by bench/timm_parity.py).
+//! match the Rust slice embeddings (mean patch token and CLS token);
+//! onnxruntime runs model.onnx to the same logits (both to 1e-4, checked by
+//! bench/timm_parity.py).
 //!
 //! Needs a Python with torch, timm, safetensors and onnxruntime: set
 //! FEDSLICE_PYTHON to it (default `python3`). Without one the test says so

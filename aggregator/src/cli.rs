@@ -144,7 +144,7 @@ pub struct JobArgs {
     #[arg(long, default_value = "transformer")]
     pub pooling: SlicePooling,
     /// What embeds a slice (finetune): mean-patch (mean patch token) or cls (CLS token).
-    #[arg(long, default_value = "mean-patch")]
+    #[arg(long, default_value_t = Default::default())]
     pub slice_embedding: SliceEmbedding,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

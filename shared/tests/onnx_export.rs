@@ -1,6 +1,7 @@
 //! The exported ONNX graph, run by an independent runtime (tract, pure Rust),
 //! gives the burn classifier's exam and slice logits, for both poolings, both
-//! slice embeddings and for several slice counts from one file (the slice count is symbolic).
+//! slice embeddings and several slice counts from one file (the slice count
+//! is symbolic).
 
 use std::error::Error;
 use std::time::Instant;

@@ -216,6 +216,14 @@ pub fn render_model_card(config: &BundleConfig, p: &Provenance) -> String {
         .iter()
         .map(|r| format!("- {}: {}", r.scope, r.method))
         .collect();
+    let embedding = format!(
+        "{} (timm global_pool=\"{}\")",
+        match arch.slice_embedding {
+            SliceEmbedding::MeanPatch => "mean of the encoder's normalised patch tokens",
+            SliceEmbedding::Cls => "the encoder's CLS token",
+        },
+        arch.slice_embedding.timm_global_pool()
+    );
     format!(
         "# Model card: fedslice ACL-tear classifier\n\n\
          **Not for diagnostic use.** Research software; it has not been cleared or approved by any regulator.\n\n\
@@ -260,11 +268,6 @@ pub fn render_model_card(config: &BundleConfig, p: &Provenance) -> String {
             .model_name
             .as_deref()
             .unwrap_or("VisionTransformer, custom size"),
-        embedding = match arch.slice_embedding {
-            SliceEmbedding::MeanPatch =>
-                "mean of the encoder's patch tokens (timm global_pool=\"avg\", fc_norm=False)",
-            SliceEmbedding::Cls => "the encoder's CLS token (timm global_pool=\"token\")",
-        },
         pooling = arch.pooling,
         pool_depth = arch.pool_depth,
         max_slices = arch.max_slices,

@@ -95,7 +95,7 @@ impl std::str::FromStr for SlicePooling {
 }
 
 /// Which encoder output stands for a slice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum SliceEmbedding {
     /// The mean of the normalised patch tokens (timm `global_pool="avg"`,
@@ -103,6 +103,7 @@ pub enum SliceEmbedding {
     /// so after pretraining the CLS output is nearly the same for every slice
     /// (its spread across slices fell from 0.068 to 0.004 of its norm in 8
     /// epochs) while the patch tokens carry what was learned.
+    #[default]
     MeanPatch,
     /// The CLS token (timm `global_pool="token"`). Models written before this
     /// option existed use it.
@@ -110,6 +111,14 @@ pub enum SliceEmbedding {
 }
 
 impl SliceEmbedding {
+    /// The name in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MeanPatch => "mean-patch",
+            Self::Cls => "cls",
+        }
+    }
+
     /// timm's name for this pooling.
     pub fn timm_global_pool(self) -> &'static str {
         match self {
@@ -124,16 +133,19 @@ impl SliceEmbedding {
     }
 }
 
+impl std::fmt::Display for SliceEmbedding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for SliceEmbedding {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "mean-patch" => Ok(Self::MeanPatch),
-            "cls" => Ok(Self::Cls),
-            other => Err(format!(
-                "unknown slice embedding `{other}` (expected mean-patch or cls)"
-            )),
-        }
+        [Self::MeanPatch, Self::Cls]
+            .into_iter()
+            .find(|kind| kind.name() == s)
+            .ok_or_else(|| format!("unknown slice embedding `{s}` (expected mean-patch or cls)"))
     }
 }
 
@@ -156,7 +168,7 @@ impl ClassifierConfig {
     pub fn new(encoder: VitConfig, pooling: SlicePooling) -> Self {
         Self {
             encoder,
-            slice_embedding: SliceEmbedding::MeanPatch,
+            slice_embedding: SliceEmbedding::default(),
             pooling,
             pool_depth: 1,
             max_slices: 64,
@@ -167,6 +179,7 @@ impl ClassifierConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn configs_written_before_slice_embedding_existed_keep_the_cls_token() {
@@ -179,7 +192,10 @@ mod tests {
         json.as_object_mut().unwrap().remove("slice_embedding");
         let old: ClassifierConfig = serde_json::from_value(json).unwrap();
         assert_eq!(old.slice_embedding, SliceEmbedding::Cls);
-        assert_eq!("cls".parse(), Ok(SliceEmbedding::Cls));
+        for kind in [SliceEmbedding::MeanPatch, SliceEmbedding::Cls] {
+            assert_eq!(kind.to_string().parse(), Ok(kind));
+            assert_eq!(json!(kind), json!(kind.to_string()));
+        }
         assert!("avg".parse::<SliceEmbedding>().is_err());
     }
 }
