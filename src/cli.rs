@@ -30,6 +30,8 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// One-machine federated demo: aggregator + one agent per site over mutual TLS on loopback.
     Demo(DemoArgs),
+    /// Quality study: the training recipe over N seeds on two independent phantom styles (mean ± sd per arm, JSON, PNG).
+    Study(StudyArgs),
     /// Write a `train` run's classifier as a radiology bundle (timm safetensors, ONNX, config, model card, digests).
     Export(ExportArgs),
 }
@@ -129,6 +131,29 @@ pub struct TrainArgs {
     pub plane: fedslice::data::plane::Plane,
     #[command(flatten)]
     pub cohort: CohortArgs,
+    /// Fraction of training exams whose labels are used for fine-tuning.
+    #[arg(long, default_value_t = 1.0)]
+    pub labelled_fraction: f64,
+    /// Skip pretraining: train the classifier from a random initialisation.
+    #[arg(long)]
+    pub no_pretrain: bool,
+    /// Seed for splits, initialisation order and augmentation.
+    #[arg(long = "train-seed", default_value_t = 0)]
+    pub train_seed: u64,
+    /// Run folder for the checkpoint, config and report (default: runs/<time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Report JSON path (default: RUN_DIR/report.json).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+}
+
+/// The training recipe: model, pretraining, fine-tuning and preprocessing.
+/// `train` and `study` share these flags and their defaults.
+#[derive(Args, Debug, Clone)]
+pub struct RecipeArgs {
     /// Model preset: test, vit-tiny or vit-small.
     #[arg(long, default_value = "test")]
     pub preset: String,
@@ -139,18 +164,12 @@ pub struct TrainArgs {
     /// cls (its CLS token; GMML never trains it, see README).
     #[arg(long, default_value_t = Default::default())]
     pub slice_embedding: fedslice::model::SliceEmbedding,
-    /// Fraction of training exams whose labels are used for fine-tuning.
-    #[arg(long, default_value_t = 1.0)]
-    pub labelled_fraction: f64,
     /// GMML pretraining epochs over all training slices.
     #[arg(long, default_value_t = 8)]
     pub pretrain_epochs: usize,
     /// Fine-tuning epochs over the labelled exams.
     #[arg(long, default_value_t = 40)]
     pub finetune_epochs: usize,
-    /// Skip pretraining: train the classifier from a random initialisation.
-    #[arg(long)]
-    pub no_pretrain: bool,
     /// Pretraining batch size (slices).
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -170,24 +189,65 @@ pub struct TrainArgs {
     /// Fine-tune without augmentation.
     #[arg(long)]
     pub no_augment: bool,
-    /// Keep only this many central slices of each exam (0 keeps all).
-    #[arg(long, default_value_t = 8)]
-    pub central_slices: usize,
-    /// Central fraction of each slice kept before resizing to the model's input (1 = whole slice).
-    #[arg(long, default_value_t = 0.5)]
-    pub crop_fraction: f64,
-    /// Seed for splits, initialisation order and augmentation.
-    #[arg(long = "train-seed", default_value_t = 0)]
-    pub train_seed: u64,
-    /// Run folder for the checkpoint, config and report (default: runs/<time>).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Report JSON path (default: RUN_DIR/report.json).
-    #[arg(long)]
-    pub report: Option<PathBuf>,
+    /// Side in mm of the square kept around the knee, which is located in
+    /// each image (0: frame by --crop-fraction around the image centre).
+    #[arg(long, default_value_t = fedslice::data::preprocess::KNEE_FIELD_MM)]
+    pub field_mm: f64,
+    /// Thickness in mm of the slab of slices kept around the knee's
+    /// medial–lateral centre (0: all slices, or --central-slices).
+    #[arg(long, default_value_t = fedslice::data::preprocess::KNEE_SLAB_MM)]
+    pub slab_mm: f64,
+    /// Legacy framing: keep this many central slices (0 keeps all) instead of
+    /// a slab found from the data; implies --slab-mm 0.
+    #[arg(long, conflicts_with = "slab_mm")]
+    pub central_slices: Option<usize>,
+    /// Legacy framing: keep this central fraction of each slice (1 = whole
+    /// slice) instead of a window around the located knee; implies --field-mm 0.
+    #[arg(long, conflicts_with = "field_mm")]
+    pub crop_fraction: Option<f64>,
     /// Compute device: flex (CPU) or wgpu (GPU; needs a build with --features wgpu).
     #[arg(long, default_value = "flex")]
     pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StudyArgs {
+    /// Number of seeds; seed i draws its own cohorts and initialisations.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: usize,
+    /// First seed (seeds are FIRST, FIRST+1, ...).
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
+    /// Output folder: study.json (rewritten after every run) and study.png.
+    #[arg(long, default_value = "study")]
+    pub out: PathBuf,
+    /// Arm groups (comma-separated): centralised, low-labels, cross-b-to-a, curve. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub arms: Vec<String>,
+    /// Style A (training-default phantom) sites and exams per site.
+    #[arg(long, default_value_t = 3)]
+    pub a_sites: usize,
+    #[arg(long, default_value_t = 80)]
+    pub a_exams_per_site: usize,
+    /// Style B (independent phantom, test only) sites and exams per site.
+    #[arg(long, default_value_t = 3)]
+    pub b_sites: usize,
+    #[arg(long, default_value_t = 84)]
+    pub b_exams_per_site: usize,
+    /// Phantom in-plane matrix; 0 draws one per site (160–512).
+    #[arg(long, default_value_t = 0)]
+    pub image_size: usize,
+    /// Labelled fraction of the low-label arms.
+    #[arg(long, default_value_t = 0.1)]
+    pub low_label_fraction: f64,
+    /// Style B training-set sizes of the from-scratch learning curve.
+    #[arg(long, default_value = "50,100,200", value_delimiter = ',')]
+    pub curve: Vec<usize>,
+    /// Small cohorts and short training (a smoke run of a few minutes).
+    #[arg(long)]
+    pub quick: bool,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
 }
 
 #[derive(Args, Debug)]

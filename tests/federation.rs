@@ -126,7 +126,7 @@ fn three_sites_pretrain_and_finetune_over_mutual_tls() {
     let test: Vec<_> = sites
         .iter()
         .flat_map(|s| s.valid.iter())
-        .filter_map(|e| prepare(&e.id, &e.volume, e.label, &meta.preprocess).ok())
+        .filter_map(|e| prepare(&e.id, &e.volume, e.spacing, e.label, &meta.preprocess).ok())
         .collect();
     let labels: Vec<bool> = test.iter().filter_map(|e| e.label).collect();
     let scores = fedslice::train::predict(&classifier, &test, &device);

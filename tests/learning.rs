@@ -35,7 +35,7 @@ fn cohort(
         let cohort = generate_site(&cfg, site);
         for (exams, into) in [(cohort.train, &mut train), (cohort.valid, &mut test)] {
             for e in exams {
-                let p = prepare(&e.exam.id, &e.exam.volume, e.exam.label, &pre)
+                let p = prepare(&e.exam.id, &e.exam.volume, e.exam.spacing, e.exam.label, &pre)
                     .expect("phantom exams are valid");
                 into.push(p);
             }

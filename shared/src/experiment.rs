@@ -65,6 +65,58 @@ pub enum ExperimentError {
     Data(String),
 }
 
+/// An encoder ready for fine-tuning: GMML-pretrained on a set of exams, or
+/// freshly initialised.
+pub struct Encoder {
+    pub encoder: crate::model::VisionTransformer,
+    pub epoch_losses: Vec<f64>,
+    pub pretrain_exams: usize,
+    pub pretrain_slices: usize,
+    pub seconds: f64,
+}
+
+/// GMML-pretrains an encoder on every exam of `train` (labels unused), or
+/// initialises one when `pretrain` is `None`. Several fine-tuning runs can
+/// then start from one pretraining (the study's labelled fractions).
+pub fn prepare_encoder(
+    train: Arc<Vec<PreparedExam>>,
+    model: &ClassifierConfig,
+    pretrain: Option<&PretrainConfig>,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<Encoder, ExperimentError> {
+    let started = Instant::now();
+    match pretrain {
+        Some(pretrain_config) => {
+            let gmml = GmmlModel::new(&model.encoder, device);
+            let exams = train.len();
+            let slices = train.iter().map(|e| e.depth).sum();
+            let (gmml, report) = train::pretrain(
+                gmml,
+                train,
+                pretrain_config,
+                device,
+                progress,
+                &mut NoCheckpoints,
+            )?;
+            Ok(Encoder {
+                encoder: gmml.encoder,
+                epoch_losses: report.epoch_losses,
+                pretrain_exams: exams,
+                pretrain_slices: slices,
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        None => Ok(Encoder {
+            encoder: crate::model::VisionTransformer::new(&model.encoder, device),
+            epoch_losses: Vec::new(),
+            pretrain_exams: 0,
+            pretrain_slices: 0,
+            seconds: 0.0,
+        }),
+    }
+}
+
 /// Runs the experiment. `train` exams may be unlabelled (pretraining only);
 /// every `test` exam must be labelled.
 pub fn run(
@@ -79,32 +131,42 @@ pub fn run(
             "every held-out exam needs a label to be evaluated".into(),
         ));
     }
-    let pretrain_set = Arc::new(train);
-    let pretrain_slices = pretrain_set.iter().map(|e| e.depth).sum();
+    let train = Arc::new(train);
+    let encoder = prepare_encoder(
+        train.clone(),
+        &config.model,
+        config.pretrain.as_ref(),
+        device,
+        progress,
+    )?;
+    finetune_and_evaluate(encoder, &train, &test, config, device, progress)
+}
 
-    let started = Instant::now();
-    let (encoder, pretrain_losses) = match &config.pretrain {
-        Some(pretrain_config) => {
-            let gmml = GmmlModel::new(&config.model.encoder, device);
-            let (gmml, report) = train::pretrain(
-                gmml,
-                pretrain_set.clone(),
-                pretrain_config,
-                device,
-                progress,
-                &mut NoCheckpoints,
-            )?;
-            (gmml.encoder, report.epoch_losses)
-        }
-        None => (
-            crate::model::VisionTransformer::new(&config.model.encoder, device),
-            Vec::new(),
-        ),
-    };
-    let pretrain_seconds = started.elapsed().as_secs_f64();
+/// Fine-tunes `encoder` on the labelled fraction of `train`, chooses the
+/// threshold on a validation split of it and evaluates on `test`.
+pub fn finetune_and_evaluate(
+    encoder: Encoder,
+    train: &[PreparedExam],
+    test: &[PreparedExam],
+    config: &ExperimentConfig,
+    device: &Device,
+    progress: &mut dyn Progress,
+) -> Result<(ExamClassifier, ExperimentReport), ExperimentError> {
+    if test.iter().any(|e| e.label.is_none()) {
+        return Err(ExperimentError::Data(
+            "every held-out exam needs a label to be evaluated".into(),
+        ));
+    }
+    let Encoder {
+        encoder,
+        epoch_losses: pretrain_losses,
+        pretrain_exams,
+        pretrain_slices,
+        seconds: pretrain_seconds,
+    } = encoder;
 
     // Labels beyond the labelled fraction are hidden, as if those exams had none.
-    let labelled: Vec<PreparedExam> = pretrain_set
+    let labelled: Vec<PreparedExam> = train
         .iter()
         .filter(|e| e.label.is_some())
         .cloned()
@@ -151,7 +213,7 @@ pub fn run(
     };
 
     let test_labels: Vec<bool> = test.iter().filter_map(|e| e.label).collect();
-    let scores = train::predict(&classifier, &test, device);
+    let scores = train::predict(&classifier, test, device);
     let Evaluation {
         auc,
         auc_ci,
@@ -178,16 +240,8 @@ pub fn run(
         pretrain_epoch_losses: pretrain_losses,
         finetune_epoch_losses: finetune_report.epoch_losses,
         validation_auc,
-        pretrain_exams: if config.pretrain.is_some() {
-            pretrain_set.len()
-        } else {
-            0
-        },
-        pretrain_slices: if config.pretrain.is_some() {
-            pretrain_slices
-        } else {
-            0
-        },
+        pretrain_exams,
+        pretrain_slices,
         labelled_train_exams: fit.len(),
         validation_exams: validation.len(),
         test_exams: test.len(),

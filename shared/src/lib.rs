@@ -25,6 +25,8 @@ pub mod model;
 pub mod process;
 pub mod protocol;
 pub mod ssl;
+#[cfg(feature = "phantom")]
+pub mod study;
 pub mod tls;
 pub mod train;
 pub mod wire;

@@ -575,6 +575,7 @@ fn make_seeds() -> Seeds {
         id: "e".into(),
         volume: u8_vol,
         label: Some(true),
+        spacing: None,
     };
     write_site(&site, &[exam], &[]).unwrap();
     let mrnet_npy = std::fs::read(site.join("train/sagittal/0000.npy")).unwrap();

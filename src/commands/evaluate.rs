@@ -20,7 +20,7 @@ pub fn prepare_site(exams: &[Exam], site: &str, config: &PreprocessConfig) -> Ve
     exams
         .iter()
         .filter_map(
-            |e| match prepare(&format!("{site}/{}", e.id), &e.volume, e.label, config) {
+            |e| match prepare(&format!("{site}/{}", e.id), &e.volume, e.spacing, e.label, config) {
                 Ok(p) => Some(p),
                 Err(err) => {
                     tracing::warn!("skipping exam: {err}");

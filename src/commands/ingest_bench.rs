@@ -137,7 +137,7 @@ fn fixture_row(
             let series =
                 read_series_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
             let v = &series.volume;
-            let exam = prepare(&format!("{i}"), v, None, config)?;
+            let exam = prepare(&format!("{i}"), v, Some(series.info.spacing), None, config)?;
             Ok((exam.depth, format!("{}x{}", v.height, v.width)))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -7,7 +7,9 @@ mod export;
 mod ingest_bench;
 mod phantom;
 mod predict_bench;
+mod recipe;
 mod round_bench;
+mod study;
 mod train;
 
 use crate::cli::Command;
@@ -20,5 +22,6 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Export(args) => export::run(args),
+        Command::Study(args) => study::run(args),
     }
 }

@@ -38,14 +38,18 @@ fn median(values: &mut [f64]) -> f64 {
 fn bundle_for(
     dir: &Path,
     preset: &str,
-    central_slices: usize,
+    knee_slab: bool,
     device: &burn::tensor::Device,
 ) -> anyhow::Result<()> {
     let vit = VitConfig::preset(preset)?;
+    // The knee recipe, with its slab of slices or with every slice.
     let preprocess = PreprocessConfig {
-        crop_fraction: 0.5,
-        central_slices,
-        ..PreprocessConfig::new(vit.image_size)
+        slab_mm: if knee_slab {
+            fedslice::data::preprocess::KNEE_SLAB_MM
+        } else {
+            0.0
+        },
+        ..PreprocessConfig::knee(vit.image_size)
     };
     let arch = ClassifierConfig::new(vit, SlicePooling::Transformer);
     let model = ExamClassifier::new(&arch, device);
@@ -95,9 +99,9 @@ pub fn run(presets: &[String], devices: &[String], runs: usize, json: bool) -> a
         let kind: BackendKind = device_name.parse()?;
         let device = device::open(kind)?;
         for preset in presets {
-            for central in [8, 0] {
-                let bundle = work.join(format!("bundle-{preset}-{central}"));
-                bundle_for(&bundle, preset, central, &device)?;
+            for knee_slab in [true, false] {
+                let bundle = work.join(format!("bundle-{preset}-{knee_slab}"));
+                bundle_for(&bundle, preset, knee_slab, &device)?;
                 let predictor = Predictor::open(&bundle, &device)?;
                 predictor.predict_path(&exam)?; // warm-up
                 let (mut read, mut pre, mut inf, mut total) = (vec![], vec![], vec![], vec![]);

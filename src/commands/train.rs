@@ -2,12 +2,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use fedslice::data::cohort;
-use fedslice::data::preprocess::{PreparedExam, PreprocessConfig, prepare};
+use fedslice::data::preprocess::{PreparedExam, prepare};
 use fedslice::device::{self, BackendKind};
-use fedslice::experiment::{self, ExperimentConfig, ExperimentReport};
-use fedslice::model::{ClassifierConfig, ClassifierMeta, VitConfig, save_classifier};
-use fedslice::ssl::augment::ExamAugment;
-use fedslice::train::{FinetuneConfig, PretrainConfig};
+use fedslice::experiment::{self, ExperimentReport};
+use fedslice::model::{ClassifierMeta, save_classifier};
 
 use crate::cli::TrainArgs;
 use site_agent::progress::Bars;
@@ -21,19 +19,14 @@ fn default_run_dir() -> PathBuf {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&args.labelled_fraction) && args.labelled_fraction > 0.0,
-        "--labelled-fraction must be in (0, 1], got {}",
-        args.labelled_fraction
-    );
-    anyhow::ensure!(
-        args.augment_min_scale > 0.0 && args.augment_min_scale <= 1.0,
-        "--augment-min-scale must be in (0, 1], got {}",
-        args.augment_min_scale
-    );
-    let vit = VitConfig::preset(&args.preset)?;
-    let pooling = args.pooling.parse().map_err(anyhow::Error::msg)?;
-    let backend: BackendKind = args.device.parse()?;
+    let recipe = &args.recipe;
+    let config = super::recipe::experiment_config(
+        recipe,
+        args.train_seed,
+        args.labelled_fraction,
+        !args.no_pretrain,
+    )?;
+    let backend: BackendKind = recipe.device.parse()?;
     let device = device::open(backend)?;
     // Weight initialisation draws from the device's generator: seed it so a
     // run is repeatable with the same --train-seed.
@@ -53,23 +46,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let sites = cohort::load_sites_in(&data_dir, args.plane)
         .with_context(|| format!("loading exams from {}", data_dir.display()))?;
-    anyhow::ensure!(
-        args.crop_fraction > 0.0 && args.crop_fraction <= 1.0,
-        "--crop-fraction must be in (0, 1], got {}",
-        args.crop_fraction
-    );
-    let preprocess = PreprocessConfig {
-        crop_fraction: args.crop_fraction,
-        central_slices: args.central_slices,
-        ..PreprocessConfig::new(vit.image_size)
-    };
+    let preprocess = super::recipe::preprocess(recipe, config.model.encoder.image_size)?;
     let mut train = Vec::new();
     let mut test = Vec::new();
     for site in &sites {
         for (exams, into) in [(&site.train, &mut train), (&site.valid, &mut test)] {
             for exam in exams {
                 let id = format!("{}/{}", site.name, exam.id);
-                match prepare(&id, &exam.volume, exam.label, &preprocess) {
+                match prepare(&id, &exam.volume, exam.spacing, exam.label, &preprocess) {
                     Ok(p) => into.push(p),
                     Err(e) => tracing::warn!("skipping exam: {e}"),
                 }
@@ -94,34 +78,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "data ready"
     );
 
-    let config = ExperimentConfig {
-        model: ClassifierConfig {
-            slice_embedding: args.slice_embedding,
-            ..ClassifierConfig::new(vit, pooling)
-        },
-        pretrain: (!args.no_pretrain).then(|| PretrainConfig {
-            epochs: args.pretrain_epochs,
-            batch_size: args.batch_size,
-            lr_per_256: args.pretrain_lr,
-            seed: args.train_seed,
-            ..PretrainConfig::default()
-        }),
-        finetune: FinetuneConfig {
-            epochs: args.finetune_epochs,
-            lr: args.finetune_lr,
-            exams_per_step: args.exams_per_step,
-            augment: (!args.no_augment).then(|| ExamAugment {
-                min_scale: args.augment_min_scale,
-                ..ExamAugment::default()
-            }),
-            seed: args.train_seed,
-            ..FinetuneConfig::default()
-        },
-        labelled_fraction: args.labelled_fraction,
-        validation_fraction: 0.2,
-        bootstrap_resamples: 1000,
-        seed: args.train_seed,
-    };
     let (classifier, report) = experiment::run(train, test, &config, &device, &mut Bars::new())?;
 
     let model_dir = run_dir.join("model");
@@ -147,9 +103,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "threshold": report.threshold,
         "pretrain_loss_first": report.pretrain_loss_first,
         "pretrain_loss_last": report.pretrain_loss_last,
-        "preset": args.preset,
-        "pooling": args.pooling,
-        "slice_embedding": args.slice_embedding,
+        "preset": recipe.preset,
+        "pooling": recipe.pooling,
+        "slice_embedding": recipe.slice_embedding,
         "device": backend.to_string(),
         "labelled_fraction": args.labelled_fraction,
         "no_pretrain": args.no_pretrain,

@@ -122,7 +122,7 @@ impl PreparedCache {
             Err(source) => return Err(CacheError::Io { path, source }),
         };
         let exam = source.load()?;
-        let prepared = prepare(&exam.id, &exam.volume, exam.label, config)?;
+        let prepared = prepare(&exam.id, &exam.volume, exam.spacing, exam.label, config)?;
         self.store(&key, &prepared)?;
         Ok((prepared, lookup))
     }
@@ -263,6 +263,7 @@ mod tests {
             id: "train/0000".into(),
             volume,
             label: Some(true),
+            spacing: None,
         };
         mrnet::write_site(dir, &[exam], &[]).unwrap();
         ExamSource {

@@ -226,12 +226,13 @@ mod writer {
 
     /// Writes exams (ids `train/NAME` or `valid/NAME`) as a folder-layout
     /// site, with a `labels.csv` row for every exam (empty label when
-    /// unlabelled).
+    /// unlabelled). Each exam is written with its own spacing, or `fallback`
+    /// when it has none.
     pub fn write_site(
         dir: &Path,
         format: FolderFormat,
         exams: &[Exam],
-        spacing: Spacing,
+        fallback: Spacing,
     ) -> Result<(), FolderWriteError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -249,6 +250,7 @@ mod writer {
         }
         for exam in exams {
             let target = dir.join(&exam.id);
+            let spacing = exam.spacing.unwrap_or(fallback);
             match format {
                 FolderFormat::Dicom => {
                     let options = SeriesWriteOptions {

@@ -2,7 +2,7 @@
 //! splits and preprocessing.
 
 mod volume;
-pub use volume::{Exam, Volume};
+pub use volume::{Exam, Spacing, Volume};
 
 pub mod cache;
 pub mod cohort;
@@ -16,6 +16,8 @@ pub mod mrnet;
 pub mod nifti;
 #[cfg(feature = "phantom")]
 pub mod phantom;
+#[cfg(feature = "phantom")]
+pub mod phantom_b;
 pub mod plane;
 pub mod preprocess;
 #[cfg(feature = "phantom")]

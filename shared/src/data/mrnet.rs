@@ -220,6 +220,7 @@ pub fn read_site(dir: &Path) -> Result<MrnetSite, MrnetError> {
                 id: case.id.clone(),
                 volume: read_npy(&case.path)?,
                 label: case.label,
+                spacing: None,
             })
         })
         .collect::<Result<Vec<_>, MrnetError>>()?;
@@ -430,6 +431,7 @@ mod tests {
             id: id.into(),
             volume: v,
             label,
+            spacing: None,
         }
     }
 

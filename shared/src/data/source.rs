@@ -111,38 +111,48 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
 impl ExamSource {
     /// Decodes the exam's sagittal volume.
     pub fn load(&self) -> Result<Exam, SourceError> {
-        let volume = match self.format {
-            SourceFormat::Mrnet => mrnet::read_npy(&self.path)?,
-            #[cfg(feature = "readers")]
-            SourceFormat::Dicom => {
-                super::dicom::read_exam_plane(&self.path, self.plane)
-                    .map_err(|source| SourceError::Dicom {
+        let (volume, spacing) =
+            match self.format {
+                SourceFormat::Mrnet => (mrnet::read_npy(&self.path)?, None),
+                #[cfg(feature = "readers")]
+                SourceFormat::Dicom => {
+                    let series = super::dicom::read_exam_plane(&self.path, self.plane).map_err(
+                        |source| SourceError::Dicom {
+                            id: self.id.clone(),
+                            source,
+                        },
+                    )?;
+                    // A series without PixelSpacing gets 1 mm assumed by the
+                    // reader; preprocessing should assume a field of view instead.
+                    let spacing = series
+                        .info
+                        .pixel_spacing_known
+                        .then_some(series.info.spacing);
+                    (series.volume, spacing)
+                }
+                #[cfg(feature = "readers")]
+                SourceFormat::Nifti => {
+                    let nifti = super::nifti::read_nifti_plane(&self.path, self.plane).map_err(
+                        |source| SourceError::Nifti {
+                            id: self.id.clone(),
+                            source,
+                        },
+                    )?;
+                    (nifti.volume, Some(nifti.spacing))
+                }
+                #[cfg(not(feature = "readers"))]
+                format => {
+                    return Err(SourceError::ReadersNotBuilt {
                         id: self.id.clone(),
-                        source,
-                    })?
-                    .volume
-            }
-            #[cfg(feature = "readers")]
-            SourceFormat::Nifti => {
-                super::nifti::read_nifti_plane(&self.path, self.plane)
-                    .map_err(|source| SourceError::Nifti {
-                        id: self.id.clone(),
-                        source,
-                    })?
-                    .volume
-            }
-            #[cfg(not(feature = "readers"))]
-            format => {
-                return Err(SourceError::ReadersNotBuilt {
-                    id: self.id.clone(),
-                    format,
-                });
-            }
-        };
+                        format,
+                    });
+                }
+            };
         Ok(Exam {
             id: self.id.clone(),
             volume,
             label: self.label,
+            spacing: spacing.filter(super::Spacing::is_valid),
         })
     }
 
@@ -326,6 +336,7 @@ mod tests {
             id: id.into(),
             volume,
             label,
+            spacing: None,
         }
     }
 

@@ -46,6 +46,26 @@ impl Volume {
     }
 }
 
+/// Voxel spacing in millimetres.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Spacing {
+    /// Between consecutive slices (depth).
+    pub slice: f64,
+    /// Between consecutive rows (height): DICOM PixelSpacing\[0\].
+    pub row: f64,
+    /// Between consecutive columns (width): DICOM PixelSpacing\[1\].
+    pub col: f64,
+}
+
+impl Spacing {
+    /// Finite and positive along every axis.
+    pub fn is_valid(&self) -> bool {
+        [self.slice, self.row, self.col]
+            .iter()
+            .all(|v| v.is_finite() && *v > 0.0)
+    }
+}
+
 /// One exam as the training code sees it.
 #[derive(Debug, Clone)]
 pub struct Exam {
@@ -54,4 +74,7 @@ pub struct Exam {
     pub volume: Volume,
     /// `Some(true)` = ACL tear, `Some(false)` = intact, `None` = unlabelled.
     pub label: Option<bool>,
+    /// Voxel spacing when the format records it (DICOM, NIfTI); MRNet `.npy`
+    /// files carry none, and preprocessing then assumes a field of view.
+    pub spacing: Option<Spacing>,
 }

@@ -239,7 +239,7 @@ pub fn render_model_card(config: &BundleConfig, p: &Provenance) -> String {
          - Encoder: Vision Transformer, {depth} blocks, width {dim}, {heads} heads, patch {patch}, input {size}×{size}, one channel (timm `{timm}`).\n\
          - Slice embedding: {embedding}.\n\
          - Exam pooling: {pooling:?} over slice embeddings ({pool_depth} block(s), slice table {max_slices}); one logit; probability = sigmoid(logit).\n\
-         - Preprocessing: central crop {crop:.2} of the field of view, {central} central slices (0 = all), resample to {size}×{size}, clip to the {lo}–{hi} percentiles, z-score per exam.\n\
+         - Preprocessing: {framing}\n\
          - Self-supervised pretraining: GMML (group masked model learning) on unlabelled slices, then supervised fine-tuning.\n\n\
          ## Training provenance\n\
          - {origin}\n\
@@ -271,10 +271,7 @@ pub fn render_model_card(config: &BundleConfig, p: &Provenance) -> String {
         pooling = arch.pooling,
         pool_depth = arch.pool_depth,
         max_slices = arch.max_slices,
-        crop = config.preprocess.crop_fraction,
-        central = config.preprocess.central_slices,
-        lo = config.preprocess.clip_low_percentile,
-        hi = config.preprocess.clip_high_percentile,
+        framing = config.preprocess.describe(),
         sites = p.sites,
         pretrain = count(p.pretrain_exams),
         labelled = count(p.labelled_exams),

@@ -11,12 +11,12 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use super::bundle::{Bundle, BundleError};
-use crate::data::Volume;
 use crate::data::dicom::{self, DicomError};
 use crate::data::mrnet;
 use crate::data::nifti::{self, NiftiReadError};
 use crate::data::plane::Plane;
 use crate::data::preprocess::{PreparedExam, PreprocessError, prepare};
+use crate::data::{Spacing, Volume};
 
 pub const DISCLAIMER: &str = "Research use only. Not for diagnostic use.";
 
@@ -79,6 +79,9 @@ pub struct LoadedInput {
     pub path: PathBuf,
     pub format: InputFormat,
     pub volume: Volume,
+    /// Voxel spacing when the format records it (preprocessing frames the
+    /// knee in millimetres).
+    pub spacing: Option<Spacing>,
     pub series: Option<SeriesUsed>,
 }
 
@@ -91,10 +94,11 @@ pub fn read_input(path: &Path, plane: Plane) -> Result<LoadedInput, PredictError
         .file_name()
         .map(|n| n.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    let loaded = |format, volume, series| LoadedInput {
+    let loaded = |format, (volume, spacing), series| LoadedInput {
         path: path.to_path_buf(),
         format,
         volume,
+        spacing,
         series,
     };
     if path.is_dir() {
@@ -102,11 +106,19 @@ pub fn read_input(path: &Path, plane: Plane) -> Result<LoadedInput, PredictError
         return Ok(loaded(InputFormat::Dicom, volume, Some(series)));
     }
     if name.ends_with(".nii") || name.ends_with(".nii.gz") || name.ends_with(".hdr") {
-        let volume = nifti::read_nifti_plane(path, plane)?.volume;
-        return Ok(loaded(InputFormat::Nifti, volume, None));
+        let nifti = nifti::read_nifti_plane(path, plane)?;
+        return Ok(loaded(
+            InputFormat::Nifti,
+            (nifti.volume, Some(nifti.spacing)),
+            None,
+        ));
     }
     if name.ends_with(".npy") {
-        return Ok(loaded(InputFormat::Npy, mrnet::read_npy(path)?, None));
+        return Ok(loaded(
+            InputFormat::Npy,
+            (mrnet::read_npy(path)?, None),
+            None,
+        ));
     }
     // A single DICOM file (e.g. a multi-frame series).
     let (series, volume) = dicom_series_of(dicom::scan_files([path.to_path_buf()]), path, plane)
@@ -117,7 +129,13 @@ pub fn read_input(path: &Path, plane: Plane) -> Result<LoadedInput, PredictError
     Ok(loaded(InputFormat::Dicom, volume, Some(series)))
 }
 
-fn read_dicom_dir(dir: &Path, plane: Plane) -> Result<(SeriesUsed, Volume), PredictError> {
+/// A decoded volume and its spacing, when recorded.
+type VolumeAndSpacing = (Volume, Option<Spacing>);
+
+fn read_dicom_dir(
+    dir: &Path,
+    plane: Plane,
+) -> Result<(SeriesUsed, VolumeAndSpacing), PredictError> {
     dicom_series_of(dicom::scan_dir(dir)?, dir, plane)
 }
 
@@ -126,7 +144,7 @@ fn dicom_series_of(
     mut scan: dicom::DicomScan,
     path: &Path,
     plane: Plane,
-) -> Result<(SeriesUsed, Volume), PredictError> {
+) -> Result<(SeriesUsed, VolumeAndSpacing), PredictError> {
     let series_found: usize = scan.studies.iter().map(|s| s.series.len()).sum();
     if series_found == 0 {
         return Err(PredictError::NoDicom {
@@ -178,7 +196,11 @@ fn dicom_series_of(
         studies_found: scan.studies.len(),
         files: layout.files(),
     };
-    Ok((used, decoded.volume))
+    let spacing = decoded
+        .info
+        .pixel_spacing_known
+        .then_some(decoded.info.spacing);
+    Ok((used, (decoded.volume, spacing)))
 }
 
 /// Where the time went, in milliseconds.
@@ -265,9 +287,19 @@ impl Predictor {
         }
     }
 
-    /// Preprocesses and scores a decoded volume.
-    pub fn prepare(&self, volume: &Volume) -> Result<PreparedExam, PreprocessError> {
-        prepare("input", volume, None, &self.bundle.config.preprocess)
+    /// Preprocesses a decoded volume with the bundle's recipe.
+    pub fn prepare(
+        &self,
+        volume: &Volume,
+        spacing: Option<Spacing>,
+    ) -> Result<PreparedExam, PreprocessError> {
+        prepare(
+            "input",
+            volume,
+            spacing,
+            None,
+            &self.bundle.config.preprocess,
+        )
     }
 
     /// Reads, preprocesses and scores the exam at `path`.
@@ -286,7 +318,7 @@ impl Predictor {
         read_ms: f64,
     ) -> Result<Prediction, PredictError> {
         let t0 = Instant::now();
-        let exam = self.prepare(&input.volume)?;
+        let exam = self.prepare(&input.volume, input.spacing)?;
         let t1 = Instant::now();
         let scores = self.score(&exam);
         let t2 = Instant::now();

@@ -53,11 +53,7 @@ pub fn job_spec(options: &JobOptions) -> Result<JobSpec, FederatedError> {
             "--init-from applies to finetune jobs only".into(),
         ));
     }
-    let preprocess = PreprocessConfig {
-        crop_fraction: 0.5,
-        central_slices: 8,
-        ..PreprocessConfig::new(encoder.image_size)
-    };
+    let preprocess = PreprocessConfig::knee(encoder.image_size);
     Ok(JobSpec {
         phase: options.phase,
         preset: options.preset.clone(),

@@ -10,16 +10,7 @@
 
 pub use crate::data::plane::Plane;
 
-/// Voxel spacing in millimetres.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Spacing {
-    /// Between consecutive slices (depth).
-    pub slice: f64,
-    /// Between consecutive rows (height): DICOM PixelSpacing\[0\].
-    pub row: f64,
-    /// Between consecutive columns (width): DICOM PixelSpacing\[1\].
-    pub col: f64,
-}
+pub use crate::data::Spacing;
 
 /// Two orientations whose direction cosines differ by less than this are the same.
 ///

@@ -162,6 +162,7 @@ pub fn generate_exam(
             id: format!("phantom-{exam_seed:016x}"),
             volume,
             label: Some(torn),
+            spacing: Some(spacing(profile, size)),
         },
         truth,
     }
@@ -291,10 +292,9 @@ impl std::str::FromStr for PhantomFormat {
 /// The geometry written into DICOM and NIfTI headers: 3 mm sagittal slices
 /// and a 160 mm field of view scaled by the site's scanner profile, close to
 /// a clinical knee PD series.
-#[cfg(feature = "readers")]
-pub fn spacing(profile: &ScannerProfile, image_size: usize) -> crate::data::dicom::Spacing {
-    let pixel = 160.0 * profile.fov_scale / image_size.max(1) as f64;
-    crate::data::dicom::Spacing {
+pub fn spacing(profile: &ScannerProfile, image_size: usize) -> crate::data::Spacing {
+    let pixel = 160.0 / profile.fov_scale / image_size.max(1) as f64;
+    crate::data::Spacing {
         slice: 3.0,
         row: pixel,
         col: pixel,
