@@ -2,7 +2,6 @@ use std::path::Path;
 
 use anyhow::Context;
 use fedslice::data::phantom::{self, PhantomConfig, PhantomFormat};
-use fedslice::data::preview;
 
 use crate::cli::{CohortArgs, PhantomArgs};
 
@@ -28,7 +27,10 @@ fn write_as(out: &Path, args: &CohortArgs, format: PhantomFormat) -> anyhow::Res
         args.exams_per_site >= 2,
         "--exams-per-site must be at least 2"
     );
-    anyhow::ensure!(args.image_size >= 32, "--image-size must be at least 32");
+    anyhow::ensure!(
+        args.image_size == 0 || args.image_size >= 32,
+        "--image-size must be 0 (each site's protocol draws its matrix) or at least 32"
+    );
     let started = std::time::Instant::now();
     let summary = phantom::write_cohort_as(out, &config(args), format)
         .with_context(|| format!("writing phantom cohort to {}", out.display()))?;
@@ -54,17 +56,14 @@ pub fn run(args: PhantomArgs) -> anyhow::Result<()> {
     let format: PhantomFormat = args.format.parse()?;
     write_as(&args.out, &args.cohort, format)?;
     if args.preview {
-        let cfg = config(&args.cohort);
-        let profile = phantom::site_profile(&cfg, 0);
-        let exam_seed = args.cohort.seed.wrapping_mul(1_000_003).wrapping_add(17);
-        let torn = phantom::generate_exam(&profile, cfg.image_size, exam_seed, true);
-        let intact = phantom::generate_exam(&profile, cfg.image_size, exam_seed, false);
-        let path = args.out.join("preview.png");
-        preview::write_montage(&path, &torn.exam.volume, &intact.exam.volume, 6)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let dir = args.out.join("preview");
+        let written = phantom::write_previews(&dir, &config(&args.cohort))
+            .with_context(|| format!("writing previews to {}", dir.display()))?;
+        for path in written {
+            println!("preview: {}", path.display());
+        }
         println!(
-            "preview: {} (top: torn ACL, bottom: same knee intact)",
-            path.display()
+            "previews: one PNG per variation axis (red frame: torn ACL, green: intact, grey: slice off the ligament)"
         );
     }
     println!("cohort: {}", args.out.display());

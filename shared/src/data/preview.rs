@@ -13,6 +13,14 @@ use crate::data::Volume;
 pub enum PreviewError {
     #[error("montage needs at least one slice per row")]
     NoSlices,
+    #[error("grid tile {row}/{col} has {len} pixels, not {height}×{width}")]
+    BadTile {
+        row: usize,
+        col: usize,
+        len: usize,
+        height: usize,
+        width: usize,
+    },
     #[error("the {0} volume is empty")]
     EmptyVolume(&'static str),
     #[error("{path}: {source}")]
@@ -29,8 +37,12 @@ pub enum PreviewError {
     },
 }
 
-const TORN: [u8; 3] = [220, 40, 40];
-const INTACT: [u8; 3] = [40, 190, 60];
+/// Frame colour of a torn exam's tiles.
+pub const TORN: [u8; 3] = [220, 40, 40];
+/// Frame colour of an intact exam's tiles.
+pub const INTACT: [u8; 3] = [40, 190, 60];
+/// Frame colour of a tile that is neither (e.g. a slice off the ligament).
+pub const NEUTRAL: [u8; 3] = [90, 90, 90];
 
 /// Frame width in pixels around every tile.
 fn border(tile: usize) -> usize {
@@ -98,6 +110,10 @@ pub fn write_montage(
             }
         }
     }
+    write_rgb(path, &rgb, img_w, img_h)
+}
+
+fn write_rgb(path: &Path, rgb: &[u8], img_w: usize, img_h: usize) -> Result<(), PreviewError> {
     let file = File::create(path).map_err(|source| PreviewError::Io {
         path: path.to_path_buf(),
         source,
@@ -111,8 +127,104 @@ pub fn write_montage(
     enc.set_depth(png::BitDepth::Eight);
     enc.set_compression(png::Compression::Fast);
     let mut writer = enc.write_header().map_err(png_err)?;
-    writer.write_image_data(&rgb).map_err(png_err)?;
+    writer.write_image_data(rgb).map_err(png_err)?;
     writer.finish().map_err(png_err)
+}
+
+/// One slice to place in a [`write_grid`] montage.
+#[derive(Debug, Clone)]
+pub struct Tile {
+    pub pixels: Vec<f32>,
+    pub height: usize,
+    pub width: usize,
+    /// Grey levels shown black and white.
+    pub window: (f32, f32),
+    pub frame: [u8; 3],
+}
+
+impl Tile {
+    /// Slice `z` of `v`, window-levelled to the volume's 1st–99th percentiles.
+    /// `None` when `z` is outside the volume.
+    pub fn from_volume(v: &Volume, z: usize, frame: [u8; 3]) -> Option<Self> {
+        (z < v.depth && v.voxels.len() == v.depth * v.slice_len()).then(|| Self {
+            pixels: v.slice(z).to_vec(),
+            height: v.height,
+            width: v.width,
+            window: window(v),
+            frame,
+        })
+    }
+}
+
+/// Writes an RGB montage of rows of tiles.
+///
+/// Every tile is resampled (area average, or nearest when enlarging) to
+/// `tile × tile` pixels, whatever its own matrix, so slices of different fields of
+/// view and matrices compare at the same displayed size; each is surrounded by a frame
+/// `b = max(2, tile/64)` pixels wide in its own colour. Rows may differ in length;
+/// missing cells stay black. The image is `max_row_len × (tile + 2b)` wide and
+/// `rows × (tile + 2b)` high.
+pub fn write_grid(path: &Path, rows: &[Vec<Tile>], tile: usize) -> Result<(), PreviewError> {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    if cols == 0 || tile == 0 {
+        return Err(PreviewError::NoSlices);
+    }
+    for (r, row) in rows.iter().enumerate() {
+        for (c, t) in row.iter().enumerate() {
+            if t.height == 0 || t.width == 0 || t.pixels.len() != t.height * t.width {
+                return Err(PreviewError::BadTile {
+                    row: r,
+                    col: c,
+                    len: t.pixels.len(),
+                    height: t.height,
+                    width: t.width,
+                });
+            }
+        }
+    }
+    let b = border(tile);
+    let cell = tile + 2 * b;
+    let (img_w, img_h) = (cols * cell, rows.len() * cell);
+    let mut rgb = vec![0u8; img_w * img_h * 3];
+    for (r, row) in rows.iter().enumerate() {
+        for (c, t) in row.iter().enumerate() {
+            let (ty, tx) = (r * cell, c * cell);
+            for y in 0..cell {
+                for x in 0..cell {
+                    if y < b || x < b || y >= cell - b || x >= cell - b {
+                        put(&mut rgb, img_w, ty + y, tx + x, t.frame);
+                    }
+                }
+            }
+            let (lo, hi) = t.window;
+            let span = if hi > lo { hi - lo } else { 1.0 };
+            let (sy, sx) = (t.height as f32 / tile as f32, t.width as f32 / tile as f32);
+            for y in 0..tile {
+                let (y0, y1) = span_of(y, sy, t.height);
+                for x in 0..tile {
+                    let (x0, x1) = span_of(x, sx, t.width);
+                    let mut acc = 0.0;
+                    for yy in y0..y1 {
+                        for xx in x0..x1 {
+                            acc += t.pixels[yy * t.width + xx];
+                        }
+                    }
+                    let mean = acc / ((y1 - y0) * (x1 - x0)) as f32;
+                    let g = (((mean - lo) / span).clamp(0.0, 1.0) * 255.0).round() as u8;
+                    put(&mut rgb, img_w, ty + b + y, tx + b + x, [g, g, g]);
+                }
+            }
+        }
+    }
+    write_rgb(path, &rgb, img_w, img_h)
+}
+
+/// Source pixels `[start, end)` covered by output pixel `i` at `scale` source pixels
+/// per output pixel; at least one.
+fn span_of(i: usize, scale: f32, len: usize) -> (usize, usize) {
+    let start = ((i as f32 * scale) as usize).min(len - 1);
+    let end = (((i + 1) as f32 * scale).ceil() as usize).clamp(start + 1, len);
+    (start, end)
 }
 
 fn put(rgb: &mut [u8], img_w: usize, y: usize, x: usize, c: [u8; 3]) {
@@ -121,7 +233,7 @@ fn put(rgb: &mut [u8], img_w: usize, y: usize, x: usize, c: [u8; 3]) {
 }
 
 /// 1st and 99th percentile of a volume, widened if flat so division is safe.
-fn window(v: &Volume) -> (f32, f32) {
+pub fn window(v: &Volume) -> (f32, f32) {
     let mut vals: Vec<f32> = v.voxels.iter().copied().filter(|x| x.is_finite()).collect();
     if vals.is_empty() {
         return (0.0, 1.0);
@@ -176,6 +288,29 @@ mod tests {
         assert!(matches!(
             write_montage(&path, &Volume::zeros(0, 8, 8), &ramp(2, 8, 8), 1),
             Err(PreviewError::EmptyVolume("torn"))
+        ));
+    }
+
+    #[test]
+    fn grid_resamples_tiles_to_one_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.png");
+        let a = Tile::from_volume(&ramp(2, 40, 40), 1, TORN).unwrap();
+        let b = Tile::from_volume(&ramp(1, 10, 20), 0, INTACT).unwrap();
+        assert!(Tile::from_volume(&ramp(1, 10, 20), 1, INTACT).is_none());
+        write_grid(&path, &[vec![a.clone(), b], vec![a]], 20).unwrap();
+        let (w, h, px) = decode(&path);
+        let cell = 20 + 2 * 2;
+        assert_eq!((w, h), (2 * cell as u32, 2 * cell as u32));
+        assert_eq!(&px[0..3], &TORN);
+        let second = cell * 3;
+        assert_eq!(&px[second..second + 3], &INTACT);
+        // The missing cell of the second row is black.
+        let missing = ((cell + cell / 2) * w as usize + cell + cell / 2) * 3;
+        assert_eq!(&px[missing..missing + 3], &[0, 0, 0]);
+        assert!(matches!(
+            write_grid(&path, &[], 20),
+            Err(PreviewError::NoSlices)
         ));
     }
 }

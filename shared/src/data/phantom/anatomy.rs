@@ -1,39 +1,95 @@
-//! A sagittal knee as tissue signal, slice by slice, medial to lateral.
+//! A knee in millimetres, drawn as tissue signal on any sagittal plane through it.
 //!
-//! Anatomy coordinates are fractions of the image width with the joint centre at the
-//! origin, `x` growing posteriorly (anterior is on the left, as knee sagittals are
-//! displayed) and `y` inferiorly. The tibia defines the frame; the femur and patella
-//! live in a frame rotated by the flexion angle. Signal is proton-density-like without
-//! fat suppression: fat and marrow bright, fluid brighter, cartilage intermediate,
-//! muscle darker, tendons, ligaments, menisci and cortex near black.
+//! In-plane, anatomy coordinates are fractions of the knee's size (`size_mm`, about
+//! 160 mm) with the joint centre at the origin, `x` growing posteriorly (anterior is on
+//! the left, as knee sagittals are displayed) and `y` inferiorly. The tibia defines the
+//! frame; the femur lives in a frame rotated by the flexion angle about its condyles,
+//! the patella in one that follows the patellar tendon. Along the slice axis positions
+//! are millimetres from the centre of the intercondylar notch, lateral positive: the
+//! notch, the condyles, the patella, the fibula, the cruciates and the leg itself each
+//! have a medio-lateral extent, so a plane shows only what really crosses it.
+//!
+//! Where the knee lies in the field of view (offset, rotation, flexion, position along
+//! the slab) is the [`Pose`], kept apart from the knee so the same knee can be imaged
+//! under any protocol.
 
 use std::ops::Range;
 
 use rand::Rng;
 
-use super::lesions::Acl;
-use super::scanner::{SLICE_RANGE, ScannerProfile};
+use super::lesions::{Acl, AclPlacement};
+use super::palette::Palette;
 use super::shapes::{
-    Rot, V2, bezier, capsule, circle, ellipse, polyline, round_box, smooth_intersection,
-    smooth_union,
+    Rot, V2, capsule, circle, ellipse, polyline, round_box, smooth_intersection, smooth_union,
+    smoothstep,
 };
 use super::texture::SliceNoise;
 
-/// Signal levels before the scanner: the only place tissue contrast is decided.
-mod signal {
-    pub const SKIN: f32 = 0.45;
-    pub const CORTEX: f32 = 0.07;
-    pub const CARTILAGE: f32 = 0.5;
-    pub const FLUID: f32 = 0.95;
-    pub const TENDON: f32 = 0.06;
-    pub const MENISCUS: f32 = 0.05;
-    pub const PCL: f32 = 0.07;
-    pub const FLOW_VOID: f32 = 0.03;
-    pub const VEIN: f32 = 0.7;
-    pub const OEDEMA: f32 = 0.98;
+/// Where the knee lies in the scanner's field of view.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Pose {
+    /// Joint centre relative to the image centre in mm (`x` posterior, `y` inferior).
+    pub offset_mm: V2,
+    /// In-plane rotation, radians.
+    pub rotation: f32,
+    /// Knee flexion, radians (0 = straight).
+    pub flexion: f32,
+    /// How far the slab's centre misses the knee's bony centre, mm (lateral positive).
+    pub ml_shift_mm: f32,
 }
 
-/// Which part of the knee a slice cuts through.
+impl Pose {
+    /// A positioning as technologists achieve it: the joint near but not at the image
+    /// centre, a little rotated, the knee somewhat flexed, the slab roughly centred on
+    /// the knee.
+    pub(crate) fn sample(rng: &mut impl Rng) -> Self {
+        Self {
+            offset_mm: V2::new(
+                -6.0 + rng.random_range(-18.0..18.0),
+                rng.random_range(-17.0..17.0),
+            ),
+            rotation: rng.random_range(-10.0f32..10.0).to_radians(),
+            flexion: rng.random_range(0.0f32..30.0).to_radians(),
+            ml_shift_mm: rng.random_range(-16.0..16.0),
+        }
+    }
+}
+
+/// The pixels one render covers: a `matrix × matrix` image of a square field of view,
+/// possibly extended beyond it (rows or columns outside `0..matrix`) so that anatomy
+/// outside the field can be folded back in as wrap-around.
+#[derive(Debug, Clone)]
+pub(crate) struct Grid {
+    pub fov_mm: f32,
+    pub matrix: usize,
+    pub rows: Range<i64>,
+    pub cols: Range<i64>,
+}
+
+impl Grid {
+    pub(crate) fn square(fov_mm: f32, matrix: usize) -> Self {
+        Self {
+            fov_mm,
+            matrix,
+            rows: 0..matrix as i64,
+            cols: 0..matrix as i64,
+        }
+    }
+
+    pub(crate) fn pixel_mm(&self) -> f32 {
+        self.fov_mm / self.matrix.max(1) as f32
+    }
+
+    pub(crate) fn height(&self) -> usize {
+        (self.rows.end - self.rows.start).max(0) as usize
+    }
+
+    pub(crate) fn width(&self) -> usize {
+        (self.cols.end - self.cols.start).max(0) as usize
+    }
+}
+
+/// Which part of the knee a plane cuts through.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Side {
     Medial,
@@ -41,233 +97,348 @@ enum Side {
     Lateral,
 }
 
-/// One exam's knee: geometry, tissue levels and the ACL, fixed before any slice is drawn.
+/// Medio-lateral extents (mm from the notch centre, lateral positive).
+#[derive(Debug, Clone)]
+struct Layout {
+    notch_half: f32,
+    medial_width: f32,
+    lateral_width: f32,
+    shaft_radius: f32,
+    leg_centre: f32,
+    leg_half: f32,
+    patella_centre: f32,
+    patella_half: f32,
+    fibula_centre: f32,
+    fibula_half: f32,
+    pcl_centre: f32,
+    pcl_half: f32,
+}
+
+/// One exam's knee: geometry, tissue levels, pose and the ACL, fixed before any plane
+/// is drawn.
 pub(crate) struct Knee {
-    size: usize,
-    depth: usize,
-    notch: Range<usize>,
-    acl_slices: Range<usize>,
-    pcl_slices: Range<usize>,
-    centre: V2,
-    scale: f32,
+    size_mm: f32,
+    layout: Layout,
+    offset_mm: V2,
+    ml_offset: f32,
     rot: Rot,
     flex: Rot,
+    patella_rot: Rot,
+    /// Flexion pivot in the femur's frame, and where it sits in the tibia's (the
+    /// femur rolls back as the knee bends).
+    pivot: V2,
+    pivot_tibia: V2,
+    pal: Palette,
     cartilage: f32,
-    effusion: f32,
-    fat: f32,
-    marrow: f32,
-    muscle: f32,
+    rim: f32,
+    pouch: f32,
+    recess: f32,
+    notch_fluid: f32,
     condyle_radius: f32,
+    condyle_aspect: f32,
+    shaft_half: f32,
+    plateau_half: f32,
+    slope: Rot,
     roof_a: V2,
     roof_normal: V2,
     pcl: Vec<V2>,
     acl: Acl,
+    /// Box around the ACL's territory wide enough for a ganglion beside it: outside
+    /// it the ligament and its lesions need not be asked.
+    acl_zone: (V2, V2),
     texture_seed: u64,
 }
 
-/// The ACL's attachments, drawn with the anatomy so that the lesion module only decides
-/// what happens between them.
-pub(crate) struct AclPlacement {
-    pub femoral: V2,
-    pub tibial: V2,
-    pub thickness: f32,
-    pub signal: f32,
-}
-
 impl Knee {
-    /// Draws the exam's anatomy; `make_acl` receives the attachments in anatomy
-    /// coordinates and returns the ligament in whatever condition the label asks for.
+    /// Draws the exam's anatomy with tissue levels `pal` and places it by `pose`;
+    /// `make_acl` receives the ligament's placement and returns it in whatever
+    /// condition the label asks for. `slab_half_mm` (centre of the slab to the centre of
+    /// its outermost slice) bounds the slab's miss so the ligament is always imaged.
     pub(crate) fn sample(
         rng: &mut impl Rng,
-        profile: &ScannerProfile,
-        size: usize,
+        pal: Palette,
+        pose: Pose,
+        slab_half_mm: f32,
         texture_seed: u64,
         make_acl: impl FnOnce(AclPlacement) -> Acl,
     ) -> Self {
-        let lo = (*SLICE_RANGE.start()).max(profile.slices.saturating_sub(2));
-        let hi = (*SLICE_RANGE.end()).min(profile.slices + 2).max(lo);
-        let depth = rng.random_range(lo..=hi);
-        let notch_len = rng.random_range(4..=6usize);
-        let mid = (depth / 2) as i64 + rng.random_range(-1..=1i64);
-        let start = (mid - notch_len as i64 / 2).max(0) as usize;
-        let notch = start..(start + notch_len).min(depth);
-        let split = notch.start + notch_len / 2;
-        let pcl_slices = notch.start..split;
-        let acl_slices = split..notch.end;
+        let size_mm = rng.random_range(148.0f32..176.0);
+        let k = size_mm / 160.0;
+        let notch_half = rng.random_range(9.0..12.0) * k;
+        let medial_width = rng.random_range(28.0..34.0) * k;
+        let lateral_width = rng.random_range(26.0..32.0) * k;
+        let (medial_edge, lateral_edge) = (-notch_half - medial_width, notch_half + lateral_width);
+        let bone_centre = (lateral_edge + medial_edge) / 2.0;
+        let leg_half = (lateral_edge - medial_edge) / 2.0 + rng.random_range(14.0..28.0) * k;
+        let leg_centre = bone_centre + rng.random_range(-4.0..4.0);
 
-        let scale = (profile.fov_scale * rng.random_range(0.9..1.1)) as f32;
-        let centre = V2::new(
-            -0.05 * scale + rng.random_range(-0.03..0.03),
-            rng.random_range(-0.04..0.04),
-        );
-        let rot = Rot::new(rng.random_range(-0.1..0.1));
-        let flex = Rot::new(rng.random_range(0.0..0.18));
+        let acl_half = rng.random_range(3.0..4.5) * k;
+        let acl_centre = notch_half - rng.random_range(1.0..2.0) - acl_half;
+        let acl_lo = acl_centre - acl_half;
+        let pcl_lo = -notch_half + rng.random_range(0.5..1.5);
+        let pcl_half = rng
+            .random_range(4.0..6.0f32)
+            .min((acl_lo - 0.8 - pcl_lo) / 2.0)
+            .max(1.5);
+        let layout = Layout {
+            notch_half,
+            medial_width,
+            lateral_width,
+            shaft_radius: rng.random_range(17.0..21.0) * k,
+            leg_centre,
+            leg_half,
+            patella_centre: rng.random_range(1.0..6.0),
+            patella_half: rng.random_range(19.0..24.0) * k,
+            fibula_centre: lateral_edge - rng.random_range(5.0..9.0),
+            fibula_half: rng.random_range(8.0..11.0) * k,
+            pcl_centre: pcl_lo + pcl_half,
+            pcl_half,
+        };
 
-        let roof_a = V2::new(-0.07 + rng.random_range(-0.01..0.01), -0.03);
-        let roof_b = V2::new(0.15, -0.2 + rng.random_range(-0.015..0.015));
+        let condyle_radius = rng.random_range(0.125..0.155);
+        let condyle_aspect = rng.random_range(0.9..1.12);
+        let roof_a = V2::new(-0.07 + rng.random_range(-0.012..0.012), -0.03);
+        let roof_b = V2::new(0.15, -0.2 + rng.random_range(-0.025..0.025));
         let along = roof_b.sub(roof_a);
         let roof_normal = along.perp().scale(1.0 / along.len());
-
         let femoral_f = V2::new(
-            0.1 + rng.random_range(-0.01..0.01),
-            -0.155 + rng.random_range(-0.008..0.008),
+            0.1 + rng.random_range(-0.012..0.012),
+            -0.155 + rng.random_range(-0.01..0.01),
         );
-        let tibial = V2::new(-0.045 + rng.random_range(-0.012..0.012), 0.02);
-        let thickness = rng.random_range(0.046..0.054);
-        let acl_signal = rng.random_range(0.07..0.14);
-        let pcl_origin = flex.apply(V2::new(-0.01, -0.075));
-        let pcl = bezier(
-            pcl_origin,
-            V2::new(0.17 + rng.random_range(-0.015..0.015), -0.09),
-            V2::new(0.15, 0.1),
-            16,
+        let tibial = V2::new(
+            -0.045 + rng.random_range(-0.018..0.018),
+            0.02 + rng.random_range(-0.004..0.004),
         );
+        let thickness = rng.random_range(0.04..0.058);
+        let twist = rng.random_range(-1.5..1.5);
+        let pcl_femoral = V2::new(-0.01 + rng.random_range(-0.01..0.01), -0.075);
+        let pcl_bend = V2::new(0.17 + rng.random_range(-0.02..0.02), -0.09);
+        let pcl_tibial = V2::new(0.15 + rng.random_range(-0.015..0.015), 0.1);
+        let cartilage = rng.random_range(0.01..0.015);
+        let rim = rng.random_range(0.003..0.009);
+        let small_pouch = rng.random_range(0.0..0.01);
+        let big_pouch = rng.random_range(0.022..0.045);
+        let recess = rng.random_range(0.01..0.022);
+        let notch_fluid = rng.random_range(0.35..0.75);
+        let shaft_half = rng.random_range(0.095..0.115);
+        let plateau_half = rng.random_range(0.145..0.165);
+        let slope = Rot::new(rng.random_range(2.0f32..11.0).to_radians());
 
-        let cartilage = rng.random_range(0.01..0.014);
-        let effusion = rng.random_range(0.004..0.012);
-        let fat = rng.random_range(0.78..0.86);
-        let marrow = rng.random_range(0.66..0.76);
-        let muscle = rng.random_range(0.28..0.38);
-        let condyle_radius = rng.random_range(0.13..0.15);
-
+        let pivot = V2::new(0.04, -0.16);
+        let pivot_tibia = pivot.add(V2::new(0.035 * pose.flexion, 0.0));
+        let flex = Rot::new(pose.flexion);
+        let to_tibia = |p: V2| pivot_tibia.add(flex.apply(p.sub(pivot)));
         let acl = make_acl(AclPlacement {
-            femoral: flex.apply(femoral_f),
+            femoral: to_tibia(femoral_f),
             tibial,
             thickness,
-            signal: acl_signal,
+            ml_centre: acl_centre,
+            ml_half: acl_half,
+            twist,
+            lateral: (notch_half, lateral_edge),
         });
+        let (pouch, recess, notch_fluid) = if acl.effusion() {
+            (big_pouch, recess, notch_fluid)
+        } else {
+            (small_pouch, 0.0, 0.0)
+        };
+        // The slab misses the knee's bony centre by the pose's shift, but never so far
+        // that the ligament falls outside it.
+        let (core_lo, core_hi) = acl.ml_core();
+        let (lo, hi) = (-slab_half_mm + 1.0 - core_lo, slab_half_mm - 1.0 - core_hi);
+        let wanted = -bone_centre + pose.ml_shift_mm;
+        let ml_offset = if lo <= hi {
+            wanted.clamp(lo, hi)
+        } else {
+            (lo + hi) / 2.0
+        };
+        let pcl = super::shapes::bezier(to_tibia(pcl_femoral), pcl_bend, pcl_tibial, 16);
+        let (t_lo, t_hi) = acl.territory();
+        let acl_zone = (t_lo.sub(V2::new(0.12, 0.12)), t_hi.add(V2::new(0.12, 0.12)));
         Self {
-            size,
-            depth,
-            notch,
-            acl_slices,
-            pcl_slices,
-            centre,
-            scale,
-            rot,
+            size_mm,
+            layout,
+            offset_mm: pose.offset_mm,
+            ml_offset,
+            rot: Rot::new(pose.rotation),
             flex,
+            patella_rot: Rot::new(pose.flexion * 0.25),
+            pivot,
+            pivot_tibia,
+            pal,
             cartilage,
-            effusion,
-            fat,
-            marrow,
-            muscle,
+            rim,
+            pouch,
+            recess,
+            notch_fluid,
             condyle_radius,
+            condyle_aspect,
+            shaft_half,
+            plateau_half,
+            slope,
             roof_a,
             roof_normal,
             pcl,
             acl,
+            acl_zone,
             texture_seed,
         }
-    }
-
-    pub(crate) fn depth(&self) -> usize {
-        self.depth
     }
 
     pub(crate) fn acl(&self) -> &Acl {
         &self.acl
     }
 
-    pub(crate) fn acl_slices(&self) -> Range<usize> {
-        self.acl_slices.clone()
+    /// The ligament's relative thickness on the plane `m_slab` mm from the slab centre.
+    pub(crate) fn acl_presence(&self, m_slab: f32) -> f32 {
+        self.acl.presence(m_slab - self.ml_offset)
     }
 
-    fn to_anatomy(&self, x: f32, y: f32) -> V2 {
-        let n = self.size as f32;
-        let p = V2::new((x + 0.5) / n - 0.5, (y + 0.5) / n - 0.5);
-        self.rot.inverse(p.sub(self.centre)).scale(1.0 / self.scale)
+    /// The intercondylar notch's span in slab millimetres.
+    pub(crate) fn notch_in_slab(&self) -> (f32, f32) {
+        let h = self.layout.notch_half;
+        (self.ml_offset - h, self.ml_offset + h)
     }
 
-    fn to_pixel(&self, q: V2) -> V2 {
-        let n = self.size as f32;
-        let p = self.rot.apply(q.scale(self.scale)).add(self.centre);
-        V2::new((p.x + 0.5) * n - 0.5, (p.y + 0.5) * n - 0.5)
+    fn femur_to_tibia(&self, p: V2) -> V2 {
+        self.pivot_tibia.add(self.flex.apply(p.sub(self.pivot)))
     }
 
-    /// Pixel box `[y0, x0, y1, x1]` (end-exclusive) around the ACL's territory.
-    pub(crate) fn acl_box(&self) -> [usize; 4] {
+    fn patella_to_tibia(&self, p: V2) -> V2 {
+        self.pivot_tibia
+            .add(self.patella_rot.apply(p.sub(self.pivot)))
+    }
+
+    /// Image millimetres (from the image centre) to anatomy coordinates.
+    fn to_anatomy(&self, p_mm: V2) -> V2 {
+        self.rot
+            .inverse(p_mm.sub(self.offset_mm))
+            .scale(1.0 / self.size_mm)
+    }
+
+    /// Anatomy coordinates to pixel coordinates of `grid`.
+    fn to_pixel(&self, q: V2, grid: &Grid) -> V2 {
+        let p = self.rot.apply(q.scale(self.size_mm)).add(self.offset_mm);
+        let (px, half) = (grid.pixel_mm(), grid.fov_mm / 2.0);
+        V2::new((p.x + half) / px - 0.5, (p.y + half) / px - 0.5)
+    }
+
+    /// Pixel box `[y0, x0, y1, x1]` (end-exclusive) of the ACL's territory in a
+    /// `matrix × matrix` image of `fov_mm`.
+    pub(crate) fn acl_box(&self, fov_mm: f32, matrix: usize) -> [usize; 4] {
+        let grid = Grid::square(fov_mm, matrix);
         let (lo, hi) = self.acl.territory();
-        let corners = [lo, hi, V2::new(lo.x, hi.y), V2::new(hi.x, lo.y)].map(|c| self.to_pixel(c));
-        let n = self.size as f32;
-        let min_x = corners
-            .iter()
-            .map(|c| c.x)
-            .fold(f32::INFINITY, f32::min)
-            .clamp(0.0, n);
-        let max_x = corners
-            .iter()
-            .map(|c| c.x)
-            .fold(f32::NEG_INFINITY, f32::max)
-            .clamp(0.0, n);
-        let min_y = corners
-            .iter()
-            .map(|c| c.y)
-            .fold(f32::INFINITY, f32::min)
-            .clamp(0.0, n);
-        let max_y = corners
-            .iter()
-            .map(|c| c.y)
-            .fold(f32::NEG_INFINITY, f32::max)
-            .clamp(0.0, n);
+        let corners =
+            [lo, hi, V2::new(lo.x, hi.y), V2::new(hi.x, lo.y)].map(|c| self.to_pixel(c, &grid));
+        let n = matrix as f32;
+        let fold = |f: fn(f32, f32) -> f32, init: f32, get: fn(&V2) -> f32| {
+            corners.iter().map(get).fold(init, f).clamp(0.0, n)
+        };
+        let (min_x, max_x) = (
+            fold(f32::min, f32::INFINITY, |c| c.x),
+            fold(f32::max, f32::NEG_INFINITY, |c| c.x),
+        );
+        let (min_y, max_y) = (
+            fold(f32::min, f32::INFINITY, |c| c.y),
+            fold(f32::max, f32::NEG_INFINITY, |c| c.y),
+        );
+        let (y0, x0) = (
+            (min_y.floor() as usize).min(matrix - 1),
+            (min_x.floor() as usize).min(matrix - 1),
+        );
         [
-            min_y.floor() as usize,
-            min_x.floor() as usize,
-            (max_y.ceil() as usize)
-                .max(min_y.floor() as usize + 1)
-                .min(self.size),
-            (max_x.ceil() as usize)
-                .max(min_x.floor() as usize + 1)
-                .min(self.size),
+            y0,
+            x0,
+            (max_y.ceil() as usize).max(y0 + 1).min(matrix),
+            (max_x.ceil() as usize).max(x0 + 1).min(matrix),
         ]
     }
 
-    /// Where slice `z` lies: its side and how far (0 at the notch, 1 at the edge of the
-    /// knee) it is from the notch.
-    fn place(&self, z: usize) -> (Side, f32) {
-        if self.notch.contains(&z) {
+    /// What a plane at `m_slab` (mm from the slab's centre) cuts through.
+    fn plane(&self, m_slab: f32) -> Plane {
+        let m = m_slab - self.ml_offset;
+        let l = &self.layout;
+        let (side, d) = if m.abs() < l.notch_half {
             (Side::Notch, 0.0)
-        } else if z < self.notch.start {
-            (
-                Side::Medial,
-                (self.notch.start - z) as f32 / self.notch.start.max(1) as f32,
-            )
+        } else if m < 0.0 {
+            (Side::Medial, (-m - l.notch_half) / l.medial_width)
         } else {
-            let span = (self.depth - self.notch.end + 1).max(1) as f32;
-            (Side::Lateral, (z + 1 - self.notch.end) as f32 / span)
+            (Side::Lateral, (m - l.notch_half) / l.lateral_width)
+        };
+        let round = |centre: f32, half: f32| {
+            let u = (m - centre) / half;
+            if u.abs() < 1.0 {
+                (1.0 - u * u).sqrt()
+            } else {
+                0.0
+            }
+        };
+        let e = ((m - l.leg_centre) / l.leg_half).abs();
+        let reach = self.acl.pcl_reach();
+        let (span_lo, span_hi) = self.acl.ml_span();
+        Plane {
+            m,
+            side,
+            d,
+            bone: (d < 1.0).then(|| (1.0 - d * d * d).sqrt()),
+            shaft: round(0.0, l.shaft_radius),
+            leg: if e < 1.0 {
+                (1.0 - e.powi(4)).powf(0.25)
+            } else {
+                0.0
+            },
+            patella: round(l.patella_centre, l.patella_half),
+            fibula: if side == Side::Lateral {
+                round(l.fibula_centre, l.fibula_half)
+            } else {
+                0.0
+            },
+            pcl: round(l.pcl_centre + reach / 2.0, l.pcl_half + reach / 2.0),
+            acl: m > span_lo - 8.0 && m < span_hi + 8.0,
+            artery: round(0.5, 3.5),
+            vein: round(4.5, 4.5),
         }
     }
 
-    /// Tissue signal (about 0..1) of slice `z`, row-major `size × size`.
-    pub(crate) fn render_slice(&self, z: usize, out: &mut [f32]) {
-        let (side, d) = self.place(z);
-        let coarse = SliceNoise::new(self.texture_seed, z, 18);
-        let fine = SliceNoise::new(self.texture_seed ^ 0x9e37, z, 56);
-        let ctx = SliceContext {
-            side,
-            d,
-            bone: (1.0 - (d * 0.92).powi(4)).max(0.0).sqrt().max(0.35),
-            acl: self.acl_slices.contains(&z),
-            pcl: self.pcl_slices.contains(&z),
-            vessels: (z as isize - (self.notch.start + self.notch.end) as isize / 2).abs() <= 2,
+    /// Tissue signal (about 0..1) on the plane `m_slab` mm from the slab's centre, for
+    /// the pixels of `grid`, row-major into `out` (`grid.height() × grid.width()`).
+    pub(crate) fn render_plane(&self, m_slab: f32, grid: &Grid, out: &mut [f32]) {
+        let pl = self.plane(m_slab);
+        if pl.leg <= 0.0 {
+            out.fill(0.0);
+            return;
+        }
+        let coarse = SliceNoise::new(self.texture_seed, pl.m / 6.0, 22);
+        let fine = SliceNoise::new(self.texture_seed ^ 0x9e37, pl.m / 2.5, 68);
+        let pixel = grid.pixel_mm();
+        let half = grid.fov_mm / 2.0;
+        let at = |x: i64, y: i64| {
+            self.to_anatomy(V2::new(
+                (x as f32 + 0.5) * pixel - half,
+                (y as f32 + 0.5) * pixel - half,
+            ))
         };
-        let n = self.size as f32;
-        let origin = self.to_anatomy(0.0, 0.0);
-        let step_x = self.to_anatomy(1.0, 0.0).sub(origin);
-        let step_y = self.to_anatomy(0.0, 1.0).sub(origin);
-        let hints = self.bone_hints(&ctx);
-        let cells = self.size.div_ceil(CELL);
-        for (y, row) in out.chunks_mut(self.size).enumerate() {
-            let row_start = origin.add(step_y.scale(y as f32));
-            for (x, px) in row.iter_mut().enumerate() {
-                let q = row_start.add(step_x.scale(x as f32));
-                let t = self.tissue(q, &ctx, hints[(y / CELL) * cells + x / CELL]);
-                let (u, v) = (x as f32 / n, y as f32 / n);
+        // Pixel positions from absolute indices, so a grid extended for wrap-around
+        // computes bit-identical values for the pixels it shares with the plain one.
+        let origin = at(0, 0);
+        let step_x = at(1, 0).sub(origin);
+        let step_y = at(0, 1).sub(origin);
+        let (w, h) = (grid.width(), grid.height());
+        let hints = self.bone_hints(&pl, grid, origin, step_x, step_y);
+        let cell = |i: i64| i.div_euclid(CELL as i64);
+        let (cy0, cx0) = (cell(grid.rows.start), cell(grid.cols.start));
+        let cells = (cell(grid.cols.end - 1) - cx0 + 1) as usize;
+        let tex = |q: V2| ((q.x + 0.6) / 1.2, (q.y + 0.6) / 1.2);
+        for (row, yi) in out.chunks_mut(w.max(1)).take(h).zip(grid.rows.clone()) {
+            let row_start = origin.add(step_y.scale(yi as f32));
+            let hint_row = (cell(yi) - cy0) as usize * cells;
+            for (px, xi) in row.iter_mut().zip(grid.cols.clone()) {
+                let q = row_start.add(step_x.scale(xi as f32));
+                let t = self.tissue(q, &pl, hints[hint_row + (cell(xi) - cx0) as usize]);
                 let mut k = 1.0;
-                if t.coarse != 0.0 {
-                    k += t.coarse * coarse.at(u, v);
-                }
-                if t.fine != 0.0 {
-                    k += t.fine * fine.at(u, v);
+                if t.coarse != 0.0 || t.fine != 0.0 {
+                    let (u, v) = tex(q);
+                    k += t.coarse * coarse.at(u, v) + t.fine * fine.at(u, v);
                 }
                 *px = t.signal * k;
             }
@@ -278,12 +449,21 @@ impl Knee {
     /// Evaluating them once per `CELL × CELL` block decides, for most blocks, that every
     /// pixel is far outside or deep inside, which is exact for every use the renderer
     /// makes of them and saves most of the distance evaluations.
-    fn bone_hints(&self, ctx: &SliceContext) -> Vec<BoneHint> {
-        let cells = self.size.div_ceil(CELL);
-        let spacing = 1.0 / (self.size as f32 * self.scale);
-        // Half-diagonal of a block, doubled because the smooth unions and the tibial
-        // spines make the distances up to ~1.6-Lipschitz rather than exactly 1.
-        let reach = 2.0 * 0.71 * CELL as f32 * spacing + BAND;
+    fn bone_hints(
+        &self,
+        pl: &Plane,
+        grid: &Grid,
+        origin: V2,
+        step_x: V2,
+        step_y: V2,
+    ) -> Vec<BoneHint> {
+        let cell = |i: i64| i.div_euclid(CELL as i64);
+        let ys = cell(grid.rows.start)..=cell(grid.rows.end - 1);
+        let xs = cell(grid.cols.start)..=cell(grid.cols.end - 1);
+        let spacing = step_x.len();
+        // Half-diagonal of a block, doubled because the smooth unions, ellipses and the
+        // tibial spines make the distances up to ~1.6-Lipschitz rather than exactly 1.
+        let reach = 2.0 * 0.71 * CELL as f32 * spacing + BAND + self.pouch.max(self.recess);
         let classify = |d: f32| {
             if d > reach {
                 Some(FAR)
@@ -293,71 +473,98 @@ impl Knee {
                 None
             }
         };
-        let mut hints = Vec::with_capacity(cells * cells);
-        for cy in 0..cells {
-            for cx in 0..cells {
-                let c = |i: usize| (i * CELL) as f32 + CELL as f32 / 2.0 - 0.5;
-                let q = self.to_anatomy(c(cx) + 0.5, c(cy) + 0.5);
-                let qf = self.flex.inverse(q);
+        let mut hints = Vec::with_capacity(ys.clone().count() * xs.clone().count());
+        for cy in ys {
+            for cx in xs.clone() {
+                let c = |i: i64| (i * CELL as i64) as f32 + CELL as f32 / 2.0 - 0.5;
+                let q = origin.add(step_x.scale(c(cx))).add(step_y.scale(c(cy)));
+                let qf = self.to_femur(q);
                 hints.push(BoneHint {
-                    femur: classify(self.femur(qf, ctx)),
-                    tibia: classify(self.tibia(q, ctx)),
+                    femur: classify(self.femur(qf, pl)),
+                    tibia: classify(self.tibia(q, pl)),
                 });
             }
         }
         hints
     }
 
+    fn to_femur(&self, q: V2) -> V2 {
+        self.pivot.add(self.flex.inverse(q.sub(self.pivot_tibia)))
+    }
+
+    fn to_patella(&self, q: V2) -> V2 {
+        self.pivot
+            .add(self.patella_rot.inverse(q.sub(self.pivot_tibia)))
+    }
+
     /// The tissue at `q`; texture is applied by the caller only where it is asked for,
     /// because sampling noise for every pixel doubled generation time.
-    fn tissue(&self, q: V2, ctx: &SliceContext, hint: BoneHint) -> Tissue {
-        let qf = self.flex.inverse(q);
-        let leg = leg_outline(if q.y < 0.0 { qf } else { q }, ctx.d);
+    fn tissue(&self, q: V2, pl: &Plane, hint: BoneHint) -> Tissue {
+        let pal = &self.pal;
+        let qf = self.to_femur(q);
+        // Soft tissue bends smoothly with the knee: femur frame above the joint line,
+        // tibia frame below, blended across it.
+        let blend = smoothstep(-0.12, 0.12, q.y);
+        let qb = qf.scale(1.0 - blend).add(q.scale(blend));
+        let leg = leg_outline(qb, pl.leg);
         if leg > 0.0 {
             return Tissue::plain(0.0);
         }
         if leg > -0.006 {
-            return Tissue::plain(signal::SKIN);
+            return Tissue::plain(pal.skin);
         }
-        let mut t = Tissue::plain(self.fat);
+        let mut t = Tissue::plain(pal.fat);
         let subcutaneous = leg > -0.035;
 
         // Muscles: calf and hamstrings posteriorly, quadriceps anteriorly above the patella.
-        let posterior_muscle = q.x > 0.2 && q.x > 0.2 + 0.06 * (-(q.y / 0.1).powi(2)).exp();
+        let posterior_muscle = qb.x > 0.2 + 0.06 * (-(qb.y / 0.1).powi(2)).exp();
         let quadriceps = qf.x < -0.13 && qf.y < -0.33;
         if !subcutaneous && (posterior_muscle || quadriceps) {
-            t = Tissue::textured(self.muscle, 0.15, 0.08);
+            t = Tissue::textured(pal.muscle, 0.15, 0.08);
         }
-        if ctx.vessels && q.x > 0.24 && q.x < 0.33 && q.y.abs() < 0.06 {
-            if circle(q, V2::new(0.27, -0.02), 0.018) < 0.0 {
-                t = Tissue::plain(signal::FLOW_VOID);
+        if (pl.artery > 0.0 || pl.vein > 0.0) && qb.x > 0.2 && qb.x < 0.36 && qb.y.abs() < 0.3 {
+            // Popliteal vessels run along the leg: tubes on a sagittal plane.
+            if capsule(qb, V2::new(0.29, -0.3), V2::new(0.305, 0.3), 0.02 * pl.vein) < 0.0 {
+                t = Tissue::plain(pal.vein);
             }
-            if circle(q, V2::new(0.3, 0.03), 0.02) < 0.0 {
-                t = Tissue::plain(signal::VEIN);
+            if capsule(
+                qb,
+                V2::new(0.265, -0.3),
+                V2::new(0.275, 0.3),
+                0.016 * pl.artery,
+            ) < 0.0
+            {
+                t = Tissue::plain(pal.flow_void);
             }
         }
 
+        let qp = self.to_patella(q);
         // Extensor tendons.
-        if ctx.d < 0.55 && q.x < -0.1 {
-            let quad = capsule(qf, V2::new(-0.215, -0.26), V2::new(-0.165, -0.7), 0.016);
+        if pl.patella > 0.25 && q.x < -0.08 {
+            let quad = capsule(
+                q,
+                self.patella_to_tibia(V2::new(-0.215, -0.26)),
+                self.femur_to_tibia(V2::new(-0.165, -0.7)),
+                0.016,
+            );
             let patellar = capsule(
                 q,
-                self.flex.apply(V2::new(-0.22, -0.075)),
+                self.patella_to_tibia(V2::new(-0.22, -0.075)),
                 V2::new(-0.135, 0.2),
                 0.012,
             );
             if quad < 0.0 || patellar < 0.0 {
-                t = Tissue::plain(signal::TENDON);
+                t = Tissue::plain(pal.tendon);
             }
         }
 
-        let femur = hint.femur.unwrap_or_else(|| self.femur(qf, ctx));
-        let tibia = hint.tibia.unwrap_or_else(|| self.tibia(q, ctx));
-        let patella = if ctx.d < 0.7 && qf.x < -0.12 && qf.y > -0.3 && qf.y < -0.03 {
+        let femur = hint.femur.unwrap_or_else(|| self.femur(qf, pl));
+        let tibia = hint.tibia.unwrap_or_else(|| self.tibia(q, pl));
+        let patella = if pl.patella > 0.0 && qp.x < -0.12 && qp.y > -0.3 && qp.y < -0.03 {
             ellipse(
-                qf,
+                qp,
                 V2::new(-0.205, -0.165),
-                V2::new(0.05 * ctx.bone, 0.095),
+                V2::new(0.05 * pl.patella, 0.095 * pl.patella.sqrt()),
                 Rot::new(0.15),
             )
         } else {
@@ -365,75 +572,94 @@ impl Knee {
         };
         let ct = self.cartilage;
 
-        // Joint fluid: a thin rim over the articular surfaces and the suprapatellar recess.
-        let in_capsule = qf.y > -0.45 && q.y < 0.05 && q.x > -0.22 && q.x < 0.22;
-        let rim = |dist: f32, width: f32| dist >= ct && dist < ct + width;
-        if in_capsule
-            && ((rim(femur, self.effusion) && (qf.x < -0.04 || qf.y > -0.22))
-                || (rim(tibia, self.effusion * 0.6) && q.y < 0.03)
-                || rim(patella, self.effusion))
-        {
-            t = Tissue::plain(signal::FLUID);
+        // Joint fluid: a rim over the articular surfaces, the suprapatellar pouch and,
+        // with an effusion, the posterior recess.
+        let in_capsule = qf.y > -0.45 - self.pouch && q.y < 0.05 && q.x > -0.23 && q.x < 0.24;
+        if in_capsule {
+            let rim = |dist: f32, width: f32| dist >= ct && dist < ct + width;
+            let anterior = qf.x < -0.04;
+            let pouch = self.pouch * smoothstep(-0.2, -0.3, qf.y);
+            if (rim(femur, self.rim + if anterior { pouch } else { 0.0 })
+                && (anterior || qf.y > -0.22))
+                || (rim(tibia, self.rim * 0.6) && q.y < 0.03)
+                || rim(patella, self.rim)
+                || (self.recess > 0.0 && qf.x > 0.1 && rim(femur, self.recess))
+            {
+                t = Tissue::plain(pal.fluid);
+            }
         }
 
-        if ctx.side != Side::Notch
-            && ctx.d < 0.92
-            && let Some(m) = self.meniscus(q, tibia, femur, ctx)
+        if pl.side != Side::Notch
+            && pl.d < 0.95
+            && let Some(bs) = pl.bone
+            && self.meniscus(q, tibia, femur, bs)
         {
-            t = Tissue::plain(m);
+            t = Tissue::plain(pal.meniscus);
         }
 
-        if ctx.pcl
-            && q.x > -0.05
-            && q.x < 0.22
-            && q.y > -0.16
+        if pl.side == Side::Notch
+            && self.notch_fluid > 0.0
+            && femur > 0.0
+            && tibia > 0.0
+            && ellipse(q, V2::new(0.04, -0.07), V2::new(0.12, 0.085), Rot::new(0.0)) < 0.0
+        {
+            t = Tissue::plain(pal.fat + (pal.fluid - pal.fat) * self.notch_fluid);
+        }
+        let (zone_lo, zone_hi) = self.acl_zone;
+        let near_acl =
+            pl.acl && q.x > zone_lo.x && q.x < zone_hi.x && q.y > zone_lo.y && q.y < zone_hi.y;
+        if near_acl && self.acl.ganglion(q, pl.m) {
+            t = Tissue::plain(pal.fluid);
+        }
+        if pl.pcl > 0.0
+            && q.x > -0.08
+            && q.x < 0.24
+            && q.y > -0.18
             && q.y < 0.14
-            && polyline(q, &self.pcl) < 0.03
+            && polyline(q, &self.pcl) < 0.03 * pl.pcl
         {
-            t = Tissue::plain(signal::PCL);
+            t = Tissue::plain(pal.ligament * 0.85);
         }
-        if ctx.acl
-            && let Some(s) = self.acl.sample(q, 1.0)
-        {
+        if near_acl && let Some(s) = self.acl.sample(q, pl.m, pal) {
             t = Tissue::textured(s.signal, 0.4 * s.heterogeneity, 0.3 * s.heterogeneity);
         }
 
         // Bones last: they hide the ligament attachments and own everything they overlap.
-        let bruisable = ctx.side == Side::Lateral && ctx.d > 0.12 && ctx.d < 0.8;
         let bone = |dist: f32, scar: bool| {
             if dist > -0.008 {
-                return Tissue::plain(signal::CORTEX);
+                return Tissue::plain(pal.cortex);
             }
-            let mut m = self.marrow;
+            let mut m = pal.marrow;
             if scar {
                 m *= 0.6;
             }
-            if bruisable {
-                m += (signal::OEDEMA - m) * self.acl.bruise_weight(qf, q);
+            let bruise = self.acl.bruise_weight(qf, q, pl.m);
+            if bruise > 0.0 {
+                m += (pal.oedema - m) * bruise;
             }
             Tissue::textured(m, 0.1, 0.07)
         };
-        let cartilage = Tissue::textured(signal::CARTILAGE, 0.0, 0.05);
+        let cartilage = Tissue::textured(pal.cartilage, 0.0, 0.05);
         if femur < 0.0 {
             t = bone(
                 femur,
                 (qf.y + 0.2 + 0.015 * (qf.x * 25.0).sin()).abs() < 0.004,
             );
-        } else if femur < ct && qf.y > -0.3 && (ctx.side != Side::Notch || qf.x < -0.06) {
+        } else if femur < ct && qf.y > -0.3 && (pl.side != Side::Notch || qf.x < -0.06) {
             t = cartilage;
         }
         if tibia < 0.0 {
             t = bone(tibia, (q.y - 0.13).abs() < 0.004);
-        } else if tibia < ct && q.y < 0.035 && ctx.side != Side::Notch {
+        } else if tibia < ct && q.y < 0.035 && pl.side != Side::Notch {
             t = cartilage;
         }
         if patella < 0.0 {
             t = bone(patella, false);
-        } else if patella < ct * 1.3 && qf.x > -0.2 && femur > 0.0 {
+        } else if patella < ct * 1.3 && qp.x > -0.2 && femur > 0.0 {
             t = cartilage;
         }
-        if ctx.side == Side::Lateral && ctx.d > 0.55 && q.y > 0.1 && q.y < 0.24 {
-            let fibula = circle(q, V2::new(0.12, 0.17), 0.045);
+        if pl.fibula > 0.0 && q.y > 0.1 && q.y < 0.26 {
+            let fibula = circle(q, V2::new(0.12, 0.175), 0.045 * pl.fibula);
             if fibula < 0.0 && tibia > 0.0 {
                 t = bone(fibula, false);
             }
@@ -441,13 +667,38 @@ impl Knee {
         t
     }
 
-    fn femur(&self, qf: V2, ctx: &SliceContext) -> f32 {
-        let bs = ctx.bone;
-        let shaft = round_box(qf, V2::new(-0.005, -0.6), V2::new(0.105 * bs, 0.5), 0.02);
-        let condyle = circle(qf, V2::new(0.04, -0.16), self.condyle_radius * bs);
-        let trochlea = circle(qf, V2::new(-0.03, -0.17), 0.085 * bs);
-        let bone = smooth_union(smooth_union(shaft, condyle, 0.06), trochlea, 0.03);
-        if ctx.side == Side::Notch {
+    fn femur(&self, qf: V2, pl: &Plane) -> f32 {
+        let mut bone = FAR;
+        if let Some(bs) = pl.bone {
+            let r = self.condyle_radius * bs;
+            let condyle = ellipse(
+                qf,
+                V2::new(0.04, -0.16),
+                V2::new(r * self.condyle_aspect, r / self.condyle_aspect),
+                Rot::new(0.0),
+            );
+            let trochlea = circle(qf, V2::new(-0.03, -0.17), 0.085 * bs);
+            // The metaphysis flares from the shaft to the condyles: on planes through
+            // the condyles' outer parts only its lower end is cut.
+            let height = 0.08 + 0.3 * bs * bs;
+            let metaphysis = round_box(
+                qf,
+                V2::new(0.0, -0.2 - height / 2.0),
+                V2::new(0.1 * bs, height / 2.0 + 0.02),
+                0.04,
+            );
+            bone = smooth_union(smooth_union(condyle, trochlea, 0.03), metaphysis, 0.05);
+        }
+        if pl.shaft > 0.0 {
+            let shaft = round_box(
+                qf,
+                V2::new(-0.005, -0.6),
+                V2::new(self.shaft_half * pl.shaft.sqrt(), 0.5),
+                0.02,
+            );
+            bone = smooth_union(shaft, bone, 0.06);
+        }
+        if pl.side == Side::Notch {
             // The intercondylar roof (Blumensaat's line): below it is the notch.
             let roof = qf.sub(self.roof_a).dot(self.roof_normal);
             smooth_intersection(bone, roof, 0.015)
@@ -456,13 +707,34 @@ impl Knee {
         }
     }
 
-    fn tibia(&self, q: V2, ctx: &SliceContext) -> f32 {
-        let bs = ctx.bone;
-        let epiphysis = round_box(q, V2::new(0.015, 0.115), V2::new(0.155 * bs, 0.1), 0.035);
-        let shaft = round_box(q, V2::new(0.0, 0.6), V2::new(0.105 * bs, 0.5), 0.02);
-        let tubercle = circle(q, V2::new(0.015 - 0.14 * bs, 0.2), 0.035 * bs);
-        let bone = smooth_union(smooth_union(epiphysis, shaft, 0.08), tubercle, 0.04);
-        if ctx.side == Side::Notch && q.y < 0.08 {
+    fn tibia(&self, q: V2, pl: &Plane) -> f32 {
+        let mut bone = FAR;
+        if let Some(bs) = pl.bone {
+            // The plateau slopes down posteriorly relative to the shaft.
+            let qs = self.slope.inverse(q);
+            let depth = 0.05 + 0.05 * bs;
+            let epiphysis = round_box(
+                qs,
+                V2::new(0.015, 0.015 + depth),
+                V2::new(self.plateau_half * bs, depth),
+                0.035,
+            );
+            bone = epiphysis;
+            if pl.shaft > 0.3 {
+                let tubercle = circle(q, V2::new(0.015 - 0.14 * bs, 0.2), 0.035 * bs);
+                bone = smooth_union(bone, tubercle, 0.04);
+            }
+        }
+        if pl.shaft > 0.0 {
+            let shaft = round_box(
+                q,
+                V2::new(0.0, 0.6),
+                V2::new(0.105 * pl.shaft.sqrt(), 0.5),
+                0.02,
+            );
+            bone = smooth_union(bone, shaft, 0.08);
+        }
+        if pl.side == Side::Notch && q.y < 0.08 {
             // Tibial spines rise into the notch.
             bone - 0.015 * (-((q.x - 0.04) / 0.03).powi(2)).exp()
         } else {
@@ -471,17 +743,17 @@ impl Knee {
     }
 
     /// Dark meniscal horns wedged between condyle and plateau at the joint margins.
-    fn meniscus(&self, q: V2, tibia: f32, femur: f32, ctx: &SliceContext) -> Option<f32> {
-        if tibia < 0.0 || femur < 0.003 || q.y > 0.03 || q.y < -0.08 {
-            return None;
+    fn meniscus(&self, q: V2, tibia: f32, femur: f32, bs: f32) -> bool {
+        if tibia < 0.0 || femur < 0.003 || q.y > 0.04 || q.y < -0.08 {
+            return false;
         }
-        let bs = ctx.bone;
-        let (front, back) = (0.015 - 0.15 * bs, 0.015 + 0.155 * bs);
+        let half = self.plateau_half * bs;
+        let (front, back) = (0.015 - half, 0.015 + half);
         let horn = |outer: f32, inner: f32| {
             let t = (q.x - inner) / (outer - inner);
-            ((0.0..=1.0).contains(&t) && tibia < 0.06 * t + 0.004).then_some(signal::MENISCUS)
+            (0.0..=1.0).contains(&t) && tibia < 0.06 * t + 0.004
         };
-        horn(front, front + 0.07).or_else(|| horn(back, back - 0.09))
+        horn(front, front + 0.07) || horn(back, back - 0.09)
     }
 }
 
@@ -490,8 +762,9 @@ const CELL: usize = 8;
 /// Stand-in distance for "far outside" (and, negated, "deep inside") a bone.
 const FAR: f32 = 1.0;
 /// Widest band around a bone surface that the renderer tests distances against
-/// (cartilage plus the thickest fluid rim, with room to spare).
-const BAND: f32 = 0.04;
+/// (the meniscal wedge's 0.064, cartilage plus the thickest rim, with room to spare);
+/// the suprapatellar pouch is added per knee.
+const BAND: f32 = 0.07;
 
 /// Per-block knowledge of the bone distances: `Some` when the whole block is known to
 /// be far outside or deep inside, `None` when pixels must be evaluated one by one.
@@ -523,20 +796,102 @@ impl Tissue {
     }
 }
 
-struct SliceContext {
+/// What one plane cuts through; factors are 0 where a structure is absent and 1
+/// through its middle.
+struct Plane {
+    /// mm from the notch centre, lateral positive.
+    m: f32,
     side: Side,
-    /// 0 at the notch, 1 at the edge of the knee.
+    /// 0 in the notch, 1 at the condyles' outer edge.
     d: f32,
-    /// How much of the bones' full sagittal extent this slice cuts.
-    bone: f32,
+    /// How much of the condyles' and plateau's sagittal extent the plane cuts; `None`
+    /// beyond the bones.
+    bone: Option<f32>,
+    shaft: f32,
+    /// Antero-posterior extent of the leg relative to its middle.
+    leg: f32,
+    patella: f32,
+    fibula: f32,
+    pcl: f32,
+    /// The plane may cross the ACL or a lesion beside it.
     acl: bool,
-    pcl: bool,
-    vessels: bool,
+    artery: f32,
+    vein: f32,
 }
 
-/// Skin surface: negative inside the leg, a little slimmer towards the knee's edges.
-fn leg_outline(p: V2, d: f32) -> f32 {
-    let anterior = -0.3 + 0.025 * (p.y / 0.35).powi(2) + 0.03 * d * d;
-    let posterior = 0.4 - 0.04 * (p.y / 0.5).powi(2) - 0.04 * d * d;
+/// Skin surface: negative inside the leg, whose antero-posterior extent shrinks by
+/// `g` towards its medial and lateral edges.
+fn leg_outline(p: V2, g: f32) -> f32 {
+    let anterior = 0.05 - 0.35 * g + 0.025 * (p.y / 0.35).powi(2);
+    let posterior = 0.05 + 0.35 * g - 0.04 * (p.y / 0.5).powi(2);
     (anterior - p.x).max(p.x - posterior)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::phantom::lesions::{AclCondition, LesionDraws};
+    use crate::data::phantom::palette::Contrast;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn knee(pose: Pose) -> Knee {
+        let mut rng = StdRng::seed_from_u64(3);
+        let draws = LesionDraws::sample(&mut StdRng::seed_from_u64(4), 0.0);
+        Knee::sample(&mut rng, Palette::of(Contrast::Pd), pose, 40.0, 5, |p| {
+            Acl::new(p, AclCondition::Intact, draws)
+        })
+    }
+
+    #[test]
+    fn planes_beyond_the_leg_are_empty_and_the_notch_has_bone() {
+        let pose = Pose {
+            offset_mm: V2::new(0.0, 0.0),
+            rotation: 0.0,
+            flexion: 0.2,
+            ml_shift_mm: 0.0,
+        };
+        let k = knee(pose);
+        let grid = Grid::square(160.0, 48);
+        let mut out = vec![1.0; 48 * 48];
+        k.render_plane(200.0, &grid, &mut out);
+        assert!(out.iter().all(|&v| v == 0.0));
+        let (lo, hi) = k.notch_in_slab();
+        k.render_plane((lo + hi) / 2.0, &grid, &mut out);
+        assert!(out.iter().any(|&v| v > 0.6) && out.iter().any(|&v| v < 0.1));
+        // The ACL is in the notch, inside the slab.
+        let ms: Vec<f32> = (-80..=80).map(|i| i as f32 * 0.5).collect();
+        let present: Vec<f32> = ms
+            .iter()
+            .copied()
+            .filter(|&m| k.acl_presence(m) > 0.0)
+            .collect();
+        assert!(
+            !present.is_empty() && present.len() < 20,
+            "{} planes",
+            present.len()
+        );
+        assert!(present.iter().all(|&m| m > lo && m < hi));
+    }
+
+    #[test]
+    fn pose_moves_the_acl_box() {
+        let base = Pose {
+            offset_mm: V2::new(0.0, 0.0),
+            rotation: 0.0,
+            flexion: 0.0,
+            ml_shift_mm: 0.0,
+        };
+        let moved = Pose {
+            offset_mm: V2::new(16.0, -16.0),
+            ..base
+        };
+        let (a, b) = (
+            knee(base).acl_box(160.0, 160),
+            knee(moved).acl_box(160.0, 160),
+        );
+        // 16 mm at 1 mm pixels.
+        assert!((b[1] as i64 - a[1] as i64 - 16).abs() <= 1, "{a:?} {b:?}");
+        assert!((b[0] as i64 - a[0] as i64 + 16).abs() <= 1, "{a:?} {b:?}");
+    }
 }

@@ -21,6 +21,9 @@ pub(crate) mod salt {
     pub const TEXTURE: u64 = 0x5173_0000_0000_0008;
     pub const NOISE: u64 = 0x5173_0000_0000_0009;
     pub const SCANNER: u64 = 0x5173_0000_0000_000a;
+    pub const POSE: u64 = 0x5173_0000_0000_000b;
+    pub const PALETTE: u64 = 0x5173_0000_0000_000c;
+    pub const PROTOCOL: u64 = 0x5173_0000_0000_000d;
 }
 
 /// SplitMix64 finaliser: a bijective avalanche of 64 bits.

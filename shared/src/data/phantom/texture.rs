@@ -13,20 +13,23 @@ pub(crate) struct SliceNoise {
 }
 
 impl SliceNoise {
-    /// `cells` lattice cells across the image; neighbouring slices share half their
-    /// lattice so texture is coherent through the stack, as in a real 3-D volume.
-    pub(crate) fn new(seed: u64, z: usize, cells: usize) -> Self {
+    /// `cells` lattice cells across the textured square. `layer` is the plane's
+    /// position through the stack in lattice units: planes between two lattice layers
+    /// blend them, so texture is coherent through the volume as in a real 3-D knee and
+    /// thin slices one millimetre apart look alike.
+    pub(crate) fn new(seed: u64, layer: f32, cells: usize) -> Self {
         let cells = cells.max(1);
         let n = cells + 1;
-        let layer = |k: usize| -> Vec<f32> {
+        let grid_layer = |k: i64| -> Vec<f32> {
             let base = mix(seed, k as u64);
             (0..n * n)
                 .map(|i| (hash64(base ^ i as u64) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0)
                 .collect()
         };
-        let a = layer(z / 2);
-        let b = layer(z / 2 + 1);
-        let f = if z.is_multiple_of(2) { 0.25 } else { 0.75 };
+        let below = layer.floor();
+        let f = layer - below;
+        let a = grid_layer(below as i64);
+        let b = grid_layer(below as i64 + 1);
         let grid = a
             .iter()
             .zip(&b)
@@ -56,7 +59,7 @@ mod tests {
 
     #[test]
     fn noise_is_bounded_and_varies() {
-        let n = SliceNoise::new(9, 3, 8);
+        let n = SliceNoise::new(9, 3.5, 8);
         let vals: Vec<f32> = (0..50).map(|i| n.at(i as f32 / 49.0, 0.3)).collect();
         assert!(vals.iter().all(|v| (-1.0..=1.0).contains(v)));
         let spread = vals.iter().cloned().fold(f32::MIN, f32::max)
