@@ -522,18 +522,15 @@ impl Knee {
         if !subcutaneous && (posterior_muscle || quadriceps) {
             t = Tissue::textured(pal.muscle, 0.15, 0.08);
         }
-        if (pl.artery > 0.0 || pl.vein > 0.0) && qb.x > 0.2 && qb.x < 0.36 && qb.y.abs() < 0.3 {
-            // Popliteal vessels run along the leg: tubes on a sagittal plane.
-            if capsule(qb, V2::new(0.29, -0.3), V2::new(0.305, 0.3), 0.02 * pl.vein) < 0.0 {
-                t = Tissue::plain(pal.vein);
+        if (pl.artery > 0.0 || pl.vein > 0.0) && qb.x > 0.2 && qb.x < 0.36 && qb.y.abs() < 0.2 {
+            // Popliteal vessels run along the leg through the fossa: short tubes on a
+            // sagittal plane, lost in the muscles above and below.
+            let (v0, v1) = (V2::new(0.29, -0.16), V2::new(0.3, 0.16));
+            if capsule(qb, v0, v1, 0.014 * pl.vein) < 0.0 {
+                t = Tissue::textured(pal.vein, 0.3, 0.0);
             }
-            if capsule(
-                qb,
-                V2::new(0.265, -0.3),
-                V2::new(0.275, 0.3),
-                0.016 * pl.artery,
-            ) < 0.0
-            {
+            let (a0, a1) = (V2::new(0.265, -0.16), V2::new(0.272, 0.16));
+            if capsule(qb, a0, a1, 0.011 * pl.artery) < 0.0 {
                 t = Tissue::plain(pal.flow_void);
             }
         }

@@ -355,9 +355,10 @@ impl Acl {
         if self.condition == AclCondition::Torn(TearKind::Horizontal) {
             let w = self.ml_width(m, 1.0);
             if w > 0.05 {
-                let r = self.half * 0.75 * w.sqrt();
-                let start = self.tibial.add(V2::new(0.0, -0.01));
-                let end = start.add(V2::new(dr.remnant_length * self.len * 0.75, -0.006));
+                // Lying on the plateau, above the tibial spines.
+                let r = self.half * 0.8 * w.sqrt();
+                let start = self.tibial.add(V2::new(0.0, -0.022));
+                let end = start.add(V2::new(dr.remnant_length * self.len * 0.75, -0.008));
                 if capsule(q, start, end, r) < 0.0 {
                     return fibres(stump, 0.5);
                 }
@@ -533,8 +534,13 @@ impl Acl {
         if across >= ml_radius {
             return 0.0;
         }
-        let depth = 1.0 - smoothstep(0.4 * ml_radius, ml_radius, across);
-        let blob = |p: V2, (c, r): (V2, f32)| 1.0 - smoothstep(0.5 * r, r, p.sub(c).len());
+        let depth = 1.0 - smoothstep(0.2 * ml_radius, ml_radius, across);
+        // Ill-defined, not a disc: the edge wanders with the angle around the centre.
+        let blob = |p: V2, (c, r): (V2, f32)| {
+            let rel = p.sub(c);
+            let wobble = 1.0 + 0.25 * (3.0 * rel.y.atan2(rel.x) + r * 90.0).sin();
+            1.0 - smoothstep(0.1 * r, r * wobble, rel.len())
+        };
         depth * blob(qf, self.draws.bruise_femur).max(blob(q, self.draws.bruise_tibia))
     }
 
