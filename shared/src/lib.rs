@@ -2,7 +2,8 @@
 //!
 //! It owns the models ([`model`]), GMML self-supervision ([`ssl`]), training loops
 //! ([`train`]), site data ([`data`]: the exam type, the synthetic knee phantom,
-//! readers and preprocessing) and evaluation ([`metrics`]); the federation's shared vocabulary: the update
+//! readers and preprocessing), evaluation ([`metrics`]) and strip charts of
+//! results ([`plot`]); the federation's shared vocabulary: the update
 //! format ([`wire`]), aggregation ([`aggregate`]), protocol messages
 //! ([`protocol`]), TLS configuration ([`tls`]) and a site's round of local
 //! training ([`federated`]).
@@ -21,6 +22,7 @@ pub mod export;
 pub mod federated;
 pub mod metrics;
 pub mod model;
+pub mod plot;
 #[cfg(feature = "cli")]
 pub mod process;
 pub mod protocol;
