@@ -95,8 +95,9 @@ pub struct CohortArgs {
     /// Seed; the same seed gives byte-identical cohorts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Side of the generated slices in pixels (MRNet uses 256).
-    #[arg(long, default_value_t = 256)]
+    /// Side of the generated slices in pixels; 0 lets each site's protocol
+    /// draw its matrix (160–512).
+    #[arg(long, default_value_t = 0)]
     pub image_size: usize,
     /// Fraction of each site's exams written to valid/ (held out).
     #[arg(long, default_value_t = 0.2)]
@@ -115,7 +116,13 @@ pub struct PhantomArgs {
     /// in the exam-folder layout with `labels.csv`.
     #[arg(long, default_value = "mrnet", value_parser = ["mrnet", "dicom", "nifti"])]
     pub format: String,
-    /// Also write preview.png: central slices of a torn (top row) and an intact (bottom row) exam.
+    /// Which generator: a (the project's phantom; training defaults are chosen
+    /// on it) or b (written independently, for testing that a recipe transfers).
+    #[arg(long, default_value = "a", value_parser = ["a", "b"])]
+    pub style: String,
+    /// Also write previews: style a writes one PNG per variation axis into
+    /// OUT/preview/; style b writes OUT/preview.png (a torn exam above the
+    /// same knee intact).
     #[arg(long)]
     pub preview: bool,
 }

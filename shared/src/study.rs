@@ -275,6 +275,46 @@ pub fn summarise(runs: &[RunRecord], curve: &[usize]) -> Vec<ArmSummary> {
         .collect()
 }
 
+/// The study as a strip chart: one row per arm, a dot per seed, mean ± sd.
+/// Rows are coloured by what they measure (same style, cross-style, low
+/// labels, learning curve).
+pub fn write_plot(
+    path: &std::path::Path,
+    report: &StudyReport,
+) -> Result<(), crate::plot::PlotError> {
+    let group = |arm: &str| {
+        if arm.contains("->") {
+            "cross-style"
+        } else if arm.ends_with("low-labels") {
+            "low labels"
+        } else if arm.contains("/n=") {
+            "learning curve (B)"
+        } else {
+            "all labels"
+        }
+    };
+    let seeds = report.config.seeds.len();
+    let title = format!("fedslice study: held-out AUC per arm, {seeds} seed(s)");
+    crate::plot::write_strip_chart(
+        path,
+        &crate::plot::StripChart {
+            title: &title,
+            x_label: "AUC on held-out exams",
+            x_range: (0.3, 1.0),
+            reference_lines: vec![(0.5, "chance".into()), (0.85, "target".into())],
+            rows: report
+                .arms
+                .iter()
+                .map(|a| crate::plot::StripRow {
+                    label: a.arm.clone(),
+                    values: a.aucs.clone(),
+                    group: Some(group(&a.arm).into()),
+                })
+                .collect(),
+        },
+    )
+}
+
 /// AUC of `classifier` on `exams`.
 fn auc_on(
     classifier: &crate::model::ExamClassifier,

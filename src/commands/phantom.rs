@@ -2,6 +2,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use fedslice::data::phantom::{self, PhantomConfig, PhantomFormat};
+use fedslice::data::{phantom_b, preview};
+use fedslice::study::Style;
 
 use crate::cli::{CohortArgs, PhantomArgs};
 
@@ -16,12 +18,19 @@ pub fn config(args: &CohortArgs) -> PhantomConfig {
     }
 }
 
-/// Writes the cohort in MRNet layout and logs a one-line summary per site.
+/// Writes a style A cohort for `train` and the demo, as NIfTI exam folders:
+/// unlike MRNet `.npy`, NIfTI keeps the voxel spacing the knee recipe frames
+/// by, and the phantom's 12-bit sites need no 8-bit rescale.
 pub fn write(out: &Path, args: &CohortArgs) -> anyhow::Result<()> {
-    write_as(out, args, PhantomFormat::Mrnet)
+    write_as(out, args, PhantomFormat::Nifti, Style::A)
 }
 
-fn write_as(out: &Path, args: &CohortArgs, format: PhantomFormat) -> anyhow::Result<()> {
+fn write_as(
+    out: &Path,
+    args: &CohortArgs,
+    format: PhantomFormat,
+    style: Style,
+) -> anyhow::Result<()> {
     anyhow::ensure!(args.sites > 0, "--sites must be at least 1");
     anyhow::ensure!(
         args.exams_per_site >= 2,
@@ -32,15 +41,29 @@ fn write_as(out: &Path, args: &CohortArgs, format: PhantomFormat) -> anyhow::Res
         "--image-size must be 0 (each site's protocol draws its matrix) or at least 32"
     );
     let started = std::time::Instant::now();
-    let summary = phantom::write_cohort_as(out, &config(args), format)
-        .with_context(|| format!("writing phantom cohort to {}", out.display()))?;
-    for site in &summary.sites {
+    let context = || format!("writing phantom cohort to {}", out.display());
+    let sites: Vec<(String, usize, usize, usize, usize)> = match style {
+        Style::A => phantom::write_cohort_as(out, &config(args), format)
+            .with_context(context)?
+            .sites
+            .into_iter()
+            .map(|s| (s.name, s.train, s.valid, s.train_positive, s.valid_positive))
+            .collect(),
+        Style::B => phantom::write_style_b_cohort_as(out, &config(args), format)
+            .with_context(context)?
+            .sites
+            .into_iter()
+            .map(|s| (s.name, s.train, s.valid, s.train_positive, s.valid_positive))
+            .collect(),
+    };
+    for (site, train, valid, train_torn, valid_torn) in &sites {
         tracing::info!(
-            site = %site.name,
-            train = site.train,
-            valid = site.valid,
-            train_torn = site.train_positive,
-            valid_torn = site.valid_positive,
+            site = %site,
+            train,
+            valid,
+            train_torn,
+            valid_torn,
+            %style,
             "site written"
         );
     }
@@ -54,8 +77,22 @@ fn write_as(out: &Path, args: &CohortArgs, format: PhantomFormat) -> anyhow::Res
 
 pub fn run(args: PhantomArgs) -> anyhow::Result<()> {
     let format: PhantomFormat = args.format.parse()?;
-    write_as(&args.out, &args.cohort, format)?;
-    if args.preview {
+    let style: Style = args.style.parse().map_err(anyhow::Error::msg)?;
+    write_as(&args.out, &args.cohort, format, style)?;
+    if args.preview && style == Style::B {
+        let cfg = config(&args.cohort);
+        let protocol = phantom_b::site_protocol(&cfg, 0);
+        let seed = args.cohort.seed.wrapping_mul(1_000_003).wrapping_add(17);
+        let torn = phantom_b::generate_exam(&protocol, seed, true);
+        let intact = phantom_b::generate_exam(&protocol, seed, false);
+        let path = args.out.join("preview.png");
+        preview::write_montage(&path, &torn.exam.volume, &intact.exam.volume, 6)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "preview: {} (style B; top: torn ACL, bottom: same knee intact)",
+            path.display()
+        );
+    } else if args.preview {
         let dir = args.out.join("preview");
         let written = phantom::write_previews(&dir, &config(&args.cohort))
             .with_context(|| format!("writing previews to {}", dir.display()))?;

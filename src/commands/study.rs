@@ -83,6 +83,9 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
         {
             tracing::warn!("saving partial results to {}: {e}", json_path.display());
         }
+        if let Err(e) = study::write_plot(&args.out.join("study.png"), &report) {
+            tracing::warn!("saving the partial plot: {e}");
+        }
     };
     let report = study::run(&config, &device, &mut Bars::new(), &mut save_partial)?;
     atomic_file::write(&json_path, &serde_json::to_vec_pretty(&report)?)
@@ -106,6 +109,10 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
                 .join(" ")
         );
     }
+    let png_path = args.out.join("study.png");
+    study::write_plot(&png_path, &report)
+        .with_context(|| format!("writing {}", png_path.display()))?;
     println!("results: {}", json_path.display());
+    println!("plot:    {}", png_path.display());
     Ok(())
 }

@@ -512,6 +512,24 @@ fn write_site_as(
     format: PhantomFormat,
     cohort: &SiteCohort,
 ) -> Result<(), PhantomError> {
+    write_exams_as(
+        dir,
+        format,
+        &cohort.train,
+        &cohort.valid,
+        spacing(&cohort.profile),
+    )
+}
+
+/// Writes a site's exams in `format`; each exam with its own spacing (or
+/// `fallback`) where the format records one.
+fn write_exams_as(
+    dir: &Path,
+    format: PhantomFormat,
+    train: &[PhantomExam],
+    valid: &[PhantomExam],
+    fallback: crate::data::Spacing,
+) -> Result<(), PhantomError> {
     let exams = |v: &[PhantomExam]| -> Vec<Exam> {
         v.iter()
             .map(|e| {
@@ -523,7 +541,7 @@ fn write_site_as(
             })
             .collect()
     };
-    let (train, valid) = (exams(&cohort.train), exams(&cohort.valid));
+    let (train, valid) = (exams(train), exams(valid));
     match format {
         PhantomFormat::Mrnet => Ok(mrnet::write_site(dir, &train, &valid)?),
         #[cfg(feature = "readers")]
@@ -538,14 +556,96 @@ fn write_site_as(
                 dir,
                 folder_format,
                 &all,
-                spacing(&cohort.profile),
+                fallback,
             )?)
         }
         #[cfg(not(feature = "readers"))]
-        PhantomFormat::Dicom | PhantomFormat::Nifti => Err(PhantomError::Config(
-            "DICOM and NIfTI output need the `readers` feature".into(),
-        )),
+        PhantomFormat::Dicom | PhantomFormat::Nifti => {
+            let _ = fallback;
+            Err(PhantomError::Config(
+                "DICOM and NIfTI output need the `readers` feature".into(),
+            ))
+        }
     }
+}
+
+/// One style-B site as `cohort_b.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StyleBSiteSummary {
+    pub name: String,
+    pub protocol: crate::data::phantom_b::SiteProtocol,
+    pub train: usize,
+    pub valid: usize,
+    pub train_positive: usize,
+    pub valid_positive: usize,
+    pub exams: Vec<ExamRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StyleBSummary {
+    pub style: String,
+    pub config: PhantomConfig,
+    pub sites: Vec<StyleBSiteSummary>,
+}
+
+/// Writes a cohort of the independent style B (`data::phantom_b`), used only
+/// to test that a recipe transfers, in the same layouts as [`write_cohort_as`],
+/// with its ground truth in `cohort.json`.
+pub fn write_style_b_cohort_as(
+    out: &Path,
+    cfg: &PhantomConfig,
+    format: PhantomFormat,
+) -> Result<StyleBSummary, PhantomError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(out).map_err(|source| PhantomError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut sites = Vec::with_capacity(cfg.sites);
+    for site in 0..cfg.sites {
+        let cohort = crate::data::phantom_b::generate_site(cfg, site);
+        let fallback = crate::data::Spacing {
+            slice: cohort.protocol.slice_spacing_mm,
+            row: cohort.protocol.fov_mm / cohort.protocol.matrix.max(1) as f64,
+            col: cohort.protocol.fov_mm / cohort.protocol.matrix.max(1) as f64,
+        };
+        write_exams_as(
+            &out.join(&cohort.name),
+            format,
+            &cohort.train,
+            &cohort.valid,
+            fallback,
+        )?;
+        let positives = |v: &[PhantomExam]| v.iter().filter(|e| e.truth.torn).count();
+        sites.push(StyleBSiteSummary {
+            name: cohort.name.clone(),
+            protocol: cohort.protocol.clone(),
+            train: cohort.train.len(),
+            valid: cohort.valid.len(),
+            train_positive: positives(&cohort.train),
+            valid_positive: positives(&cohort.valid),
+            exams: cohort
+                .train
+                .iter()
+                .chain(&cohort.valid)
+                .map(|e| ExamRecord {
+                    id: e.exam.id.clone(),
+                    slices: e.exam.volume.depth,
+                    truth: e.truth.clone(),
+                    details: ExamDetails::default(),
+                })
+                .collect(),
+        });
+    }
+    let summary = StyleBSummary {
+        style: "b".into(),
+        config: cfg.clone(),
+        sites,
+    };
+    let path = out.join("cohort.json");
+    let json = serde_json::to_vec_pretty(&summary)?;
+    std::fs::write(&path, json).map_err(|source| PhantomError::Io { path, source })?;
+    Ok(summary)
 }
 
 /// Writes every site as `out/site-NN/` in MRNet layout plus `out/cohort.json`. Sites are
