@@ -102,6 +102,11 @@ pub struct CohortArgs {
     /// Fraction of each site's exams written to valid/ (held out).
     #[arg(long, default_value_t = 0.2)]
     pub valid_fraction: f64,
+    /// Style a only: textbook tears (full strength) and no ghosting or
+    /// wrap-around; protocols, contrasts, anatomy and pose still vary. For
+    /// testing the plumbing, not for judging a recipe.
+    #[arg(long)]
+    pub textbook: bool,
 }
 
 #[derive(Args, Debug)]

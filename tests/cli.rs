@@ -27,7 +27,20 @@ fn phantom_then_train_writes_report_and_model() {
         .status()
         .expect("run phantom");
     assert!(status.success());
-    assert!(data.join("preview.png").is_file());
+    for axis in [
+        "contrast",
+        "fov_matrix",
+        "thickness",
+        "pose",
+        "flexion",
+        "tears",
+        "mimics",
+        "artefacts",
+        "sites",
+    ] {
+        let png = data.join("preview").join(format!("{axis}.png"));
+        assert!(png.is_file(), "{} missing", png.display());
+    }
     assert!(data.join("site-00/train-acl.csv").is_file());
 
     let run = dir.path().join("run");

@@ -10,33 +10,34 @@ use fedslice::model::{ClassifierConfig, SlicePooling, VitConfig};
 use fedslice::ssl::GmmlModel;
 use fedslice::train::{FinetuneConfig, NoCheckpoints, NoProgress, PretrainConfig, pretrain};
 
-fn cohort(
-    sites: usize,
-    exams: usize,
-    seed: u64,
-    central_slices: usize,
-) -> (Vec<PreparedExam>, Vec<PreparedExam>) {
+/// Textbook tears (`PhantomConfig::textbook`) at randomised protocols: a
+/// regression guard of the training code, apart from the full phantom's
+/// difficulty, which `fedslice study` measures.
+fn cohort(sites: usize, exams: usize, seed: u64) -> (Vec<PreparedExam>, Vec<PreparedExam>) {
     let cfg = PhantomConfig {
         sites,
         exams_per_site: exams,
         seed,
         image_size: 128,
         valid_fraction: 0.3,
+        textbook: true,
         ..PhantomConfig::default()
     };
-    let pre = PreprocessConfig {
-        crop_fraction: 0.5,
-        central_slices,
-        ..PreprocessConfig::new(64)
-    };
+    let pre = PreprocessConfig::knee(64);
     let mut train = Vec::new();
     let mut test = Vec::new();
     for site in 0..sites {
         let cohort = generate_site(&cfg, site);
         for (exams, into) in [(cohort.train, &mut train), (cohort.valid, &mut test)] {
             for e in exams {
-                let p = prepare(&e.exam.id, &e.exam.volume, e.exam.spacing, e.exam.label, &pre)
-                    .expect("phantom exams are valid");
+                let p = prepare(
+                    &e.exam.id,
+                    &e.exam.volume,
+                    e.exam.spacing,
+                    e.exam.label,
+                    &pre,
+                )
+                .expect("phantom exams are valid");
                 into.push(p);
             }
         }
@@ -48,7 +49,7 @@ fn cohort(
 /// within a few epochs (a higher learning rate than the default keeps the test short).
 #[test]
 fn gmml_pretraining_loss_falls_on_phantom_slices() {
-    let (train, _) = cohort(1, 30, 11, 0);
+    let (train, _) = cohort(1, 30, 11);
     let config = PretrainConfig {
         epochs: 10,
         batch_size: 32,
@@ -79,13 +80,16 @@ fn gmml_pretraining_loss_falls_on_phantom_slices() {
 
 /// The method's main path: GMML pretraining on every training slice (default
 /// rate), then fine-tuning the exam classifier (mean-patch slice embedding,
-/// default per-exam augmentation), separates torn from intact ACLs on held-out
-/// exams. This initialisation gave AUC 0.965; inits 3–7 gave 0.971, 0.965,
-/// 0.856, 0.979, 0.975. Embedding slices by the CLS token instead gave 0.927
-/// here, and 0.608 (a constant prediction) at the old pretraining rate 5e-4.
+/// default per-exam augmentation, knee framing), separates torn from intact
+/// ACLs on held-out exams of textbook tears at randomised protocols. On the
+/// earlier fixed-protocol phantom with a centre crop this reached 0.965 and
+/// was held to > 0.9; on randomised protocols (contrast, field of view,
+/// slices, pose) the same budget gave 0.864 (CI 0.74–0.95) on textbook tears
+/// and 0.702 with tears of drawn strength, so the bar is > 0.75: clearly
+/// learning, not yet good (issue 12; `fedslice study` measures the rest).
 #[test]
 fn pretrained_classifier_separates_held_out_phantom_exams() {
-    let (train, test) = cohort(3, 50, 11, 8);
+    let (train, test) = cohort(3, 50, 11);
     let device = Device::flex();
     device.seed(4);
     let config = ExperimentConfig {
@@ -111,9 +115,13 @@ fn pretrained_classifier_separates_held_out_phantom_exams() {
     };
     let (_, report) =
         experiment::run(train, test, &config, &device, &mut NoProgress).expect("experiment runs");
+    eprintln!(
+        "held-out AUC {:.3} (CI {:?}); fine-tuning loss {:?}",
+        report.auc, report.auc_ci, report.finetune_epoch_losses
+    );
     let first = report.finetune_epoch_losses[0];
     let last = *report.finetune_epoch_losses.last().expect("epochs");
-    assert!(last < 0.5 * first, "fine-tuning loss {first} → {last}");
+    assert!(last < 0.7 * first, "fine-tuning loss {first} → {last}");
     let (first_pre, last_pre) = (
         report.pretrain_loss_first.expect("pretrained"),
         report.pretrain_loss_last.expect("pretrained"),
@@ -123,8 +131,8 @@ fn pretrained_classifier_separates_held_out_phantom_exams() {
         "pretraining loss {first_pre} → {last_pre}"
     );
     assert!(
-        report.auc > 0.9,
-        "held-out AUC {} (CI {:?}) is below 0.9",
+        report.auc > 0.75,
+        "held-out AUC {} (CI {:?}) is below 0.75",
         report.auc,
         report.auc_ci
     );

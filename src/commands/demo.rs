@@ -163,6 +163,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             seed: args.seed,
             image_size: budget.image_size,
             valid_fraction: 0.25,
+            textbook: false,
         },
     )?;
     let sites = cohort::load_sites(&data).with_context(|| format!("loading {}", data.display()))?;

@@ -19,15 +19,21 @@ use crate::cli::EvaluateArgs;
 pub fn prepare_site(exams: &[Exam], site: &str, config: &PreprocessConfig) -> Vec<PreparedExam> {
     exams
         .iter()
-        .filter_map(
-            |e| match prepare(&format!("{site}/{}", e.id), &e.volume, e.spacing, e.label, config) {
+        .filter_map(|e| {
+            match prepare(
+                &format!("{site}/{}", e.id),
+                &e.volume,
+                e.spacing,
+                e.label,
+                config,
+            ) {
                 Ok(p) => Some(p),
                 Err(err) => {
                     tracing::warn!("skipping exam: {err}");
                     None
                 }
-            },
-        )
+            }
+        })
         .collect()
 }
 

@@ -14,6 +14,7 @@ pub fn config(args: &CohortArgs) -> PhantomConfig {
         seed: args.seed,
         image_size: args.image_size,
         valid_fraction: args.valid_fraction,
+        textbook: args.textbook,
         ..PhantomConfig::default()
     }
 }

@@ -50,6 +50,12 @@ pub struct PhantomConfig {
     pub valid_fraction: f64,
     /// Relative per-site cohort size variation; 0 gives exactly `exams_per_site` each.
     pub size_jitter: f64,
+    /// Textbook tears (full strength) and no ghosting or wrap-around, while
+    /// protocols, contrasts, anatomy and pose still vary: for tests of the
+    /// training and federation plumbing, which should not hinge on how hard
+    /// the full phantom is (`fedslice study` measures that).
+    #[serde(default)]
+    pub textbook: bool,
 }
 
 impl Default for PhantomConfig {
@@ -61,6 +67,23 @@ impl Default for PhantomConfig {
             image_size: 0,
             valid_fraction: 0.2,
             size_jitter: 0.0,
+            textbook: false,
+        }
+    }
+}
+
+impl PhantomConfig {
+    /// What every exam of this cohort overrides ([`PhantomConfig::textbook`]).
+    pub fn overrides(&self) -> ExamOverrides {
+        if self.textbook {
+            ExamOverrides {
+                tear_strength: Some(1.0),
+                ghosting: Some(false),
+                wrap: Some(false),
+                ..ExamOverrides::default()
+            }
+        } else {
+            ExamOverrides::default()
         }
     }
 }
@@ -380,10 +403,10 @@ fn generate_site_detailed(cfg: &PhantomConfig, site: usize) -> (SiteCohort, Vec<
             )
         })
         .collect();
-    let none = ExamOverrides::default();
+    let overrides = cfg.overrides();
     let exams: Vec<(PhantomExam, ExamDetails)> = seeds
         .par_iter()
-        .map(|&(exam_seed, torn)| generate_exam_detailed(&profile, exam_seed, torn, &none))
+        .map(|&(exam_seed, torn)| generate_exam_detailed(&profile, exam_seed, torn, &overrides))
         .collect();
 
     let mut rng = std_rng(site_seed, salt::SPLIT);

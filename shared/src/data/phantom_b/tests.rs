@@ -9,6 +9,7 @@ fn cfg(image_size: usize) -> PhantomConfig {
         image_size,
         valid_fraction: 0.2,
         size_jitter: 0.0,
+        textbook: false,
     }
 }
 

@@ -65,15 +65,23 @@ pub fn knee_centre(volume: &Volume) -> KneeCentre {
         row_counts[i / w] += 1.0;
         col_counts[i % w] += 1.0;
     }
-    // Per slice, the tissue area (pixels above the same threshold): it is
-    // largest through the middle of the knee and falls off towards its sides.
+    // Per slice, how much brighter the leg's footprint is than the air
+    // around it. A threshold chosen on the projection (where averaging has
+    // tamed the noise) would count single slices' noisy air as tissue; a
+    // contrast of means does not, and it falls off towards the sides of the
+    // leg, where sagittal slices cut a narrower chord of it.
     let slice_area: Vec<f64> = (0..d)
         .map(|z| {
-            volume
-                .slice(z)
-                .iter()
-                .filter(|&&v| f64::from(v) > threshold)
-                .count() as f64
+            let (mut inside, mut outside) = (0.0, 0.0);
+            for (&v, &t) in volume.slice(z).iter().zip(&tissue) {
+                if t {
+                    inside += f64::from(v);
+                } else {
+                    outside += f64::from(v);
+                }
+            }
+            let contrast = inside / count as f64 - outside / (n - count) as f64;
+            contrast.max(0.0)
         })
         .collect();
     KneeCentre {
