@@ -16,9 +16,8 @@ fn hit_rate(exams: &[PhantomExam]) -> (f64, f64) {
         let b = e.truth.acl_box;
         let (cy, cx) = ((b[0] + b[2]) as f64 / 2.0, (b[1] + b[3]) as f64 / 2.0);
         let w = f.window;
-        let inside = |c: f64, start: f64, len: f64| {
-            c >= start + 0.1 * len && c <= start + 0.9 * len
-        };
+        let inside =
+            |c: f64, start: f64, len: f64| c >= start + 0.1 * len && c <= start + 0.9 * len;
         if inside(cy, w.y0, w.h) && inside(cx, w.x0, w.w) {
             in_plane += 1;
         }
@@ -67,6 +66,9 @@ fn the_located_window_holds_the_acl_on_both_styles() {
         ("B in-plane", b_plane),
         ("B slab", b_slab),
     ] {
-        assert!(rate >= 0.9, "{name}: the ACL was in view on only {rate:.2} of exams");
+        assert!(
+            rate >= 0.9,
+            "{name}: the ACL was in view on only {rate:.2} of exams"
+        );
     }
 }
