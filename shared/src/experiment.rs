@@ -67,6 +67,7 @@ pub enum ExperimentError {
 
 /// An encoder ready for fine-tuning: GMML-pretrained on a set of exams, or
 /// freshly initialised.
+#[derive(Clone)]
 pub struct Encoder {
     pub encoder: crate::model::VisionTransformer,
     pub epoch_losses: Vec<f64>,
@@ -117,6 +118,15 @@ pub fn prepare_encoder(
     }
 }
 
+fn require_labels(test: &[PreparedExam]) -> Result<(), ExperimentError> {
+    if test.iter().any(|e| e.label.is_none()) {
+        return Err(ExperimentError::Data(
+            "every held-out exam needs a label to be evaluated".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the experiment. `train` exams may be unlabelled (pretraining only);
 /// every `test` exam must be labelled.
 pub fn run(
@@ -126,11 +136,7 @@ pub fn run(
     device: &Device,
     progress: &mut dyn Progress,
 ) -> Result<(ExamClassifier, ExperimentReport), ExperimentError> {
-    if test.iter().any(|e| e.label.is_none()) {
-        return Err(ExperimentError::Data(
-            "every held-out exam needs a label to be evaluated".into(),
-        ));
-    }
+    require_labels(test.as_slice())?;
     let train = Arc::new(train);
     let encoder = prepare_encoder(
         train.clone(),
@@ -152,11 +158,7 @@ pub fn finetune_and_evaluate(
     device: &Device,
     progress: &mut dyn Progress,
 ) -> Result<(ExamClassifier, ExperimentReport), ExperimentError> {
-    if test.iter().any(|e| e.label.is_none()) {
-        return Err(ExperimentError::Data(
-            "every held-out exam needs a label to be evaluated".into(),
-        ));
-    }
+    require_labels(test)?;
     let Encoder {
         encoder,
         epoch_losses: pretrain_losses,

@@ -326,16 +326,6 @@ fn auc_on(
     Ok(metrics::roc_auc(&scores, &labels)?)
 }
 
-fn clone_encoder(e: &Encoder) -> Encoder {
-    Encoder {
-        encoder: e.encoder.clone(),
-        epoch_losses: e.epoch_losses.clone(),
-        pretrain_exams: e.pretrain_exams,
-        pretrain_slices: e.pretrain_slices,
-        seconds: e.seconds,
-    }
-}
-
 /// Runs the study. `on_run` sees every record as it is made (for progress
 /// lines and for saving partial results).
 pub fn run(
@@ -352,10 +342,8 @@ pub fn run(
             seed,
             ..base.clone()
         };
-        let need_b = wants(ArmGroup::Centralised)
-            || wants(ArmGroup::LowLabels)
-            || wants(ArmGroup::CrossBToA)
-            || wants(ArmGroup::Curve);
+        // Every group reads style B (the centralised arms score on it); only
+        // the learning curve can skip style A.
         let need_a = wants(ArmGroup::Centralised)
             || wants(ArmGroup::LowLabels)
             || wants(ArmGroup::CrossBToA);
@@ -365,11 +353,8 @@ pub fn run(
         } else {
             (Vec::new(), Vec::new())
         };
-        let (b_train, b_test) = if need_b {
-            prepared_cohort(Style::B, &cohort(&config.cohort_b), &config.preprocess)?
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        let (b_train, b_test) =
+            prepared_cohort(Style::B, &cohort(&config.cohort_b), &config.preprocess)?;
         tracing::info!(
             seed,
             a_train = a_train.len(),
@@ -477,7 +462,7 @@ pub fn run(
             if wants(ArmGroup::Centralised) {
                 arm(
                     "a/pretrained",
-                    clone_encoder(&pretrained_a),
+                    pretrained_a.clone(),
                     &a_train,
                     &a_test,
                     &at(1.0),
@@ -527,7 +512,7 @@ pub fn run(
             if wants(ArmGroup::CrossBToA) {
                 arm(
                     "b/pretrained",
-                    clone_encoder(&pretrained_b),
+                    pretrained_b.clone(),
                     &b_train,
                     &b_test,
                     &at(1.0),

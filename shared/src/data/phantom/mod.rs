@@ -592,7 +592,23 @@ fn write_exams_as(
     }
 }
 
-/// One style-B site as `cohort_b.json` records it.
+/// Validates `cfg` and creates the cohort folder.
+fn prepare_out(out: &Path, cfg: &PhantomConfig) -> Result<(), PhantomError> {
+    cfg.validate()?;
+    std::fs::create_dir_all(out).map_err(|source| PhantomError::Io {
+        path: out.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a cohort's ground truth as `out/cohort.json`.
+fn write_summary(out: &Path, summary: &impl Serialize) -> Result<(), PhantomError> {
+    let path = out.join("cohort.json");
+    let json = serde_json::to_vec_pretty(summary)?;
+    std::fs::write(&path, json).map_err(|source| PhantomError::Io { path, source })
+}
+
+/// One style-B site as `cohort.json` records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StyleBSiteSummary {
     pub name: String,
@@ -619,11 +635,7 @@ pub fn write_style_b_cohort_as(
     cfg: &PhantomConfig,
     format: PhantomFormat,
 ) -> Result<StyleBSummary, PhantomError> {
-    cfg.validate()?;
-    std::fs::create_dir_all(out).map_err(|source| PhantomError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    prepare_out(out, cfg)?;
     let mut sites = Vec::with_capacity(cfg.sites);
     for site in 0..cfg.sites {
         let cohort = crate::data::phantom_b::generate_site(cfg, site);
@@ -665,9 +677,7 @@ pub fn write_style_b_cohort_as(
         config: cfg.clone(),
         sites,
     };
-    let path = out.join("cohort.json");
-    let json = serde_json::to_vec_pretty(&summary)?;
-    std::fs::write(&path, json).map_err(|source| PhantomError::Io { path, source })?;
+    write_summary(out, &summary)?;
     Ok(summary)
 }
 
@@ -685,11 +695,7 @@ pub fn write_cohort_as(
     cfg: &PhantomConfig,
     format: PhantomFormat,
 ) -> Result<CohortSummary, PhantomError> {
-    cfg.validate()?;
-    std::fs::create_dir_all(out).map_err(|source| PhantomError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    prepare_out(out, cfg)?;
     let mut sites = Vec::with_capacity(cfg.sites);
     for site in 0..cfg.sites {
         let (cohort, details) = generate_site_detailed(cfg, site);
@@ -720,9 +726,7 @@ pub fn write_cohort_as(
         config: cfg.clone(),
         sites,
     };
-    let path = out.join("cohort.json");
-    let json = serde_json::to_vec_pretty(&summary)?;
-    std::fs::write(&path, json).map_err(|source| PhantomError::Io { path, source })?;
+    write_summary(out, &summary)?;
     Ok(summary)
 }
 
