@@ -1842,6 +1842,152 @@ fn dicom_rescale_beyond_f32_or_onto_one_value_is_refused() {
     }
 }
 
+/// `plain` (an explicit VR little endian Part 10 file) as Deflated Explicit
+/// VR Little Endian, its data set replaced by `data_set`: the meta group with
+/// the deflate transfer syntax, then `data_set` raw-deflated (PS3.5 A.5).
+fn deflated(plain: &[u8], data_set: &[u8]) -> Vec<u8> {
+    let ts = b"1.2.840.10008.1.2.1\0";
+    let at = find(plain, &[0x02, 0x00, 0x10, 0x00, b'U', b'I', 20, 0]);
+    assert_eq!(&plain[at + 8..at + 28], ts);
+    let group_len = u32::from_le_bytes(plain[140..144].try_into().unwrap());
+    let meta_end = 144 + group_len as usize;
+    let mut out = plain[..at].to_vec();
+    out.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I', 22, 0]);
+    out.extend(b"1.2.840.10008.1.2.1.99");
+    out.extend(&plain[at + 28..meta_end]);
+    out[140..144].copy_from_slice(&(group_len + 2).to_le_bytes());
+    let mut z = flate2::write::DeflateEncoder::new(out, flate2::Compression::default());
+    z.write_all(data_set).unwrap();
+    z.finish().unwrap()
+}
+
+/// The data set of an explicit VR little endian Part 10 file.
+fn data_set_of(plain: &[u8]) -> &[u8] {
+    let group_len = u32::from_le_bytes(plain[140..144].try_into().unwrap());
+    &plain[144 + group_len as usize..]
+}
+
+/// Security review H2: a deflated data set holding one UT element that
+/// declares 2 GiB. The guard stopped at deflated data sets, so dicom-rs
+/// zero-filled 2 GiB for a 311-byte upload (here the capped allocator refuses
+/// it and the process aborts).
+fn deflated_huge_ut() -> Vec<u8> {
+    let mut data_set = Vec::new();
+    data_set.extend([0x40, 0x00, 0x60, 0xA1, b'U', b'T', 0, 0]);
+    data_set.extend(0x8000_0000u32.to_le_bytes());
+    data_set.extend(b"not two gigabytes");
+    deflated(&fixture("dicom/pydicom/MR_small.dcm"), &data_set)
+}
+
+#[test]
+fn dicom_deflated_data_set_lengths_are_checked_before_parsing() {
+    let b = deflated_huge_ut();
+    assert!(b.len() < 1024, "{} bytes", b.len());
+    let e = read_lone_dicom(&b).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DicomError::DeclaredLengthTooLarge {
+                group: 0x0040,
+                element: 0xA160,
+                declared: 0x8000_0000,
+                remaining: 17,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    take_refusal().unwrap();
+
+    // The same element after Pixel Data: the parser reads a deflated stream
+    // to its end, so the walk must not stop at Pixel Data as it does in a
+    // plain file (whose parser is cut off there).
+    let plain = fixture("dicom/pydicom/MR_small.dcm");
+    let mut data_set = data_set_of(&plain).to_vec();
+    data_set.extend([0xE1, 0x7F, 0x10, 0x10, b'U', b'T', 0, 0]);
+    data_set.extend(0x8000_0000u32.to_le_bytes());
+    data_set.extend(b"not two gigabytes");
+    let e = read_lone_dicom(&deflated(&plain, &data_set)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DicomError::DeclaredLengthTooLarge {
+                group: 0x7FE1,
+                element: 0x1010,
+                declared: 0x8000_0000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    take_refusal().unwrap();
+}
+
+#[test]
+fn dicom_truncated_deflate_stream_is_refused_before_parsing() {
+    // Cutting the stream short must not turn the guard's inflate error into
+    // "let the parser find out": the parser would meet the 2 GiB UT first.
+    let mut b = deflated_huge_ut();
+    b.truncate(b.len() - 6);
+    let e = read_lone_dicom(&b).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DicomError::Unreadable { .. } | DicomError::DeclaredLengthTooLarge { .. }
+        ),
+        "{e}"
+    );
+    take_refusal().unwrap();
+}
+
+#[test]
+fn dicom_deflated_series_reads_like_its_plain_original() {
+    let plain = fixture("dicom/pydicom/MR_small.dcm");
+    let b = deflated(&plain, data_set_of(&plain));
+    assert!(b.len() < plain.len());
+    let from_deflated = read_lone_dicom(&b).unwrap();
+    let from_plain = read_lone_dicom(&plain).unwrap();
+    assert_eq!(from_deflated.voxels, from_plain.voxels);
+    assert_eq!(
+        (
+            from_deflated.depth,
+            from_deflated.height,
+            from_deflated.width
+        ),
+        (1, 64, 64)
+    );
+    take_refusal().unwrap();
+}
+
+#[test]
+fn dicom_group_0002_in_a_bare_data_set_is_checked_as_the_parser_reads_it() {
+    // A bare implicit VR data set (no meta group) whose second element is
+    // tagged (0002,0010). dicom-rs reads it as an implicit element declaring
+    // 0xF0000000 bytes; the guard read it as an explicit meta element of
+    // unknown VR, whose 4-byte length (the value's first bytes) is 0.
+    let mut b = Vec::new();
+    b.extend([0x08, 0x00, 0x60, 0x00, 2, 0, 0, 0]);
+    b.extend(b"MR");
+    b.extend([0x02, 0x00, 0x10, 0x00]);
+    b.extend(0xF000_0000u32.to_le_bytes());
+    b.extend([0u8; 4]);
+    b.extend(b"1.2\0");
+    let e = read_lone_dicom(&b).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DicomError::DeclaredLengthTooLarge {
+                group: 0x0002,
+                element: 0x0010,
+                declared: 0xF000_0000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    take_refusal().unwrap();
+}
+
 #[test]
 fn nifti_declared_dimensions_are_checked_against_the_data() {
     // The nifti crate reserved dim[1] x ... x dim[7] x bitpix/8 bytes before

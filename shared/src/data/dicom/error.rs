@@ -42,6 +42,8 @@ pub enum DicomError {
         declared: u64,
         remaining: u64,
     },
+    #[error("{path}: the deflated data set inflates to more than {limit} bytes")]
+    InflatedTooLarge { path: PathBuf, limit: u64 },
     #[error("{path}: no pixel data (not an image object)")]
     NoPixelData { path: PathBuf },
     #[error("{path}: missing required attribute {attribute}")]

@@ -14,11 +14,17 @@
 //! data set's own encoding, and the file meta group runs for as many bytes as
 //! its group length says, whatever groups its tags claim.
 //!
-//! When the walk meets an encoding it cannot follow (deflated data sets,
-//! unknown transfer syntaxes), it stops and lets the parser proceed: the guard
-//! can only reject a file for a length that truly exceeds the file.
+//! A deflated data set is walked too: dicom-rs inflates it without bound, so
+//! the guard inflates it first through a bounded reader, refuses it when it
+//! inflates past [`MAX_INFLATED_BYTES`], and checks each length against the
+//! inflated bytes that remain. When the walk meets an encoding it cannot
+//! follow (unknown transfer syntaxes), it stops and lets the parser proceed:
+//! dicom-rs cannot parse those either.
+//!
+//! Data sets held in memory (DIMSE command sets) go through the same walk via
+//! [`check_data_set`].
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::{Tag, VR};
@@ -30,9 +36,9 @@ const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
 const SEQ_END: (u16, u16) = (0xFFFE, 0xE0DD);
 const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 
-/// How the bytes after the file meta group are encoded.
+/// How the elements of a data set are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Encoding {
+pub struct Encoding {
     pub explicit_vr: bool,
     pub big_endian: bool,
 }
@@ -49,14 +55,14 @@ impl Encoding {
 
     /// The encoding of a transfer syntax, or `None` when the data set is not a
     /// plain element stream (deflate) or the syntax is unknown.
-    pub fn of_transfer_syntax(uid: &str) -> Option<Self> {
+    pub(crate) fn of_transfer_syntax(uid: &str) -> Option<Self> {
         match uid.trim_end_matches(['\0', ' ']) {
             "1.2.840.10008.1.2" => Some(Self::IMPLICIT_LE),
             "1.2.840.10008.1.2.2" => Some(Self {
                 explicit_vr: true,
                 big_endian: true,
             }),
-            "1.2.840.10008.1.2.1.99" => None,
+            DEFLATED_EXPLICIT_LE => None,
             // Every other standard syntax (native explicit LE and all the
             // encapsulated ones) is explicit VR little endian.
             s if s.starts_with("1.2.840.10008.1.2") => Some(Self::EXPLICIT_LE),
@@ -64,6 +70,12 @@ impl Encoding {
         }
     }
 }
+
+const DEFLATED_EXPLICIT_LE: &str = "1.2.840.10008.1.2.1.99";
+
+/// The most a deflated data set may inflate to: the bound a plain file has,
+/// so a small upload cannot cost more than a large one.
+pub const MAX_INFLATED_BYTES: u64 = super::open::MAX_FILE_BYTES;
 
 /// A declared length larger than the rest of the file.
 #[derive(Debug)]
@@ -80,12 +92,142 @@ pub(crate) enum WalkError {
     Oversized(Oversized),
     /// The file ended inside a header; the parser reports it precisely.
     ShortRead,
+    /// The deflated data set inflates to more than [`MAX_INFLATED_BYTES`].
+    InflatedTooLarge,
+    /// The deflated data set is not a valid deflate stream. Refused rather
+    /// than left to the parser, which would meet the elements before the
+    /// damage unchecked.
+    Inflate(io::Error),
 }
 
-impl From<std::io::Error> for WalkError {
-    fn from(_: std::io::Error) -> Self {
+impl From<io::Error> for WalkError {
+    fn from(_: io::Error) -> Self {
         WalkError::ShortRead
     }
+}
+
+/// Where the walk starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// At a file meta group, whose transfer syntax says how the data set
+    /// after it is encoded.
+    Meta,
+    /// At a data set without a meta group. Group 0002 tags there are
+    /// ordinary elements in this encoding: dicom-rs reads them so, and a walk
+    /// that read them as meta elements would take different lengths than it.
+    DataSet(Encoding),
+}
+
+/// An element of an in-memory data set whose declared length runs past the
+/// end of the bytes that hold it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "element ({group:04X},{element:04X}) at byte {offset} declares {declared} bytes but only {remaining} follow"
+)]
+pub struct LengthPastEnd {
+    pub group: u16,
+    pub element: u16,
+    pub offset: u64,
+    pub declared: u64,
+    pub remaining: u64,
+}
+
+/// Checks every length an in-memory data set (no meta group, such as a DIMSE
+/// command set) declares, so dicom-rs can parse it without allocating more
+/// than `bytes` holds.
+///
+/// Returns the bytes the parser may read: all of them, or those up to the end
+/// of a top-level Pixel Data element, where the walk stops.
+pub fn check_data_set(bytes: &[u8], encoding: Encoding) -> Result<&[u8], LengthPastEnd> {
+    let len = bytes.len() as u64;
+    match check_lengths(&mut io::Cursor::new(bytes), len, Start::DataSet(encoding)) {
+        Ok(Some(end)) => Ok(usize::try_from(end)
+            .ok()
+            .and_then(|end| bytes.get(..end))
+            .unwrap_or(bytes)),
+        Ok(None) | Err(WalkError::ShortRead) => Ok(bytes),
+        Err(WalkError::Oversized(o)) => Err(LengthPastEnd {
+            group: o.tag.0,
+            element: o.tag.1,
+            offset: o.offset,
+            declared: o.declared,
+            remaining: o.remaining,
+        }),
+        // A data set start never reaches a transfer syntax, so never inflates.
+        Err(WalkError::InflatedTooLarge | WalkError::Inflate(_)) => Ok(bytes),
+    }
+}
+
+/// Read and seek, as one trait object: the walk of a deflated data set runs on
+/// a different reader type than its file, and a generic walk would then
+/// instantiate itself without end.
+trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
+
+/// A stream the walk reads once, front to back: seeking forward reads and
+/// drops the bytes in between; seeking back is an error.
+struct Forward<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> Read for Forward<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Seek for Forward<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(_) => None,
+        };
+        let skip = target
+            .and_then(|t| t.checked_sub(self.pos))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "seeking backwards"))?;
+        let skipped = io::copy(&mut (&mut self.inner).take(skip), &mut io::sink())?;
+        self.pos += skipped;
+        if skipped < skip {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(self.pos)
+    }
+}
+
+/// Walks the deflated data set that starts at `start`.
+///
+/// The stream is inflated twice through a bounded reader: once to learn its
+/// length (the walk checks lengths against what remains), once to walk it.
+/// Memory stays constant; the cost is CPU, at most two inflations of
+/// [`MAX_INFLATED_BYTES`].
+fn check_deflated(r: &mut dyn ReadSeek, start: u64, file_len: u64) -> Result<(), WalkError> {
+    let compressed = file_len.saturating_sub(start);
+    r.seek(SeekFrom::Start(start))?;
+    let inflated = io::copy(
+        &mut flate2::read::DeflateDecoder::new((&mut *r).take(compressed))
+            .take(MAX_INFLATED_BYTES + 1),
+        &mut io::sink(),
+    )
+    .map_err(WalkError::Inflate)?;
+    if inflated > MAX_INFLATED_BYTES {
+        return Err(WalkError::InflatedTooLarge);
+    }
+    r.seek(SeekFrom::Start(start))?;
+    let mut stream = Forward {
+        inner: flate2::read::DeflateDecoder::new((&mut *r).take(compressed)),
+        pos: 0,
+    };
+    // A plain file's walk ends at Pixel Data because the parser is cut off
+    // there too; the parser reads a deflated stream to its end, so the walk
+    // goes on after Pixel Data, at the top level where it stopped.
+    while let Some(end) = walk(&mut stream, inflated, Start::DataSet(Encoding::EXPLICIT_LE))? {
+        stream.seek(SeekFrom::Start(end))?;
+    }
+    Ok(())
 }
 
 /// Walks element headers from the reader's current position to `file_len`.
@@ -95,16 +237,23 @@ impl From<std::io::Error> for WalkError {
 /// files after Pixel Data with bytes that are not elements.
 ///
 /// The file meta group (group 0002) is always explicit VR little endian; the
-/// rest uses `dataset`. `dataset` is `None` when only the meta group can be
-/// followed; the transfer syntax found in the meta group replaces it when
-/// `detect_ts` is set.
+/// data set after it is walked in the encoding its transfer syntax names,
+/// inflating it first when it is deflated (then the result is `None`: the
+/// parser cannot be cut off inside a deflated stream).
 pub(crate) fn check_lengths<R: Read + Seek>(
     r: &mut R,
     file_len: u64,
-    dataset: Option<Encoding>,
-    detect_ts: bool,
+    start: Start,
 ) -> Result<Option<u64>, WalkError> {
-    let mut enc = dataset;
+    walk(r, file_len, start)
+}
+
+fn walk(r: &mut dyn ReadSeek, file_len: u64, start: Start) -> Result<Option<u64>, WalkError> {
+    let (has_meta, mut enc) = match start {
+        Start::Meta => (true, None),
+        Start::DataSet(e) => (false, Some(e)),
+    };
+    let mut deflated = false;
     let mut pixel_fragments = false;
     // Where the file meta group ends, once its group length is read: the
     // meta reader takes everything before that as explicit VR little endian
@@ -128,12 +277,16 @@ pub(crate) fn check_lengths<R: Read + Seek>(
         r.read_exact(&mut head)?;
         // Meta elements are little endian whatever the data set uses.
         let le_group = u16::from_le_bytes([head[0], head[1]]);
-        let in_meta = meta_end.map_or(le_group == 0x0002, |end| pos < end);
+        let in_meta = has_meta && meta_end.map_or(le_group == 0x0002, |end| pos < end);
         let cur = if in_meta {
             Encoding::EXPLICIT_LE
         } else {
             match enc {
                 Some(e) => e,
+                None if deflated => {
+                    check_deflated(r, pos, file_len)?;
+                    return Ok(None);
+                }
                 None => return Ok(None),
             }
         };
@@ -242,11 +395,12 @@ pub(crate) fn check_lengths<R: Read + Seek>(
                 meta_end = Some(pos + header_len + 4 + u64::from(u32::from_le_bytes(v)));
                 continue;
             }
-            if tag == (0x0002, 0x0010) && detect_ts {
+            if tag == (0x0002, 0x0010) {
                 let mut buf = vec![0u8; len as usize];
                 r.read_exact(&mut buf)?;
                 let uid = String::from_utf8_lossy(&buf);
                 enc = Encoding::of_transfer_syntax(&uid);
+                deflated = uid.trim_end_matches(['\0', ' ']) == DEFLATED_EXPLICIT_LE;
                 continue;
             }
             r.seek(SeekFrom::Current(len as i64))?;
@@ -316,8 +470,7 @@ mod tests {
         let r = check_lengths(
             &mut Cursor::new(bytes),
             len,
-            Some(Encoding::EXPLICIT_LE),
-            false,
+            Start::DataSet(Encoding::EXPLICIT_LE),
         );
         assert!(r.is_ok());
     }
@@ -334,8 +487,7 @@ mod tests {
         let r = check_lengths(
             &mut Cursor::new(bytes),
             len,
-            Some(Encoding::EXPLICIT_LE),
-            false,
+            Start::DataSet(Encoding::EXPLICIT_LE),
         );
         assert!(matches!(r, Err(WalkError::Oversized(o)) if o.declared == 0xFFFF_FFF0));
     }

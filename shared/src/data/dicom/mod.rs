@@ -24,6 +24,7 @@ mod writer;
 
 pub use error::DicomError;
 pub use geometry::{Plane, Spacing, plane_of, slice_normal};
+pub use guard::{Encoding, LengthPastEnd, MAX_INFLATED_BYTES, check_data_set};
 pub use identity::{Identifier, SeriesKey};
 pub use open::MAX_FILE_BYTES;
 

@@ -18,7 +18,7 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use super::error::DicomError;
-use super::guard::{self, Encoding, WalkError};
+use super::guard::{self, Encoding, Start, WalkError};
 
 /// Files above this size are refused rather than read: the largest enhanced
 /// MR objects are a few hundred MB, and a bound keeps a stray disk image from
@@ -108,11 +108,11 @@ pub(crate) fn open(path: &Path, depth: Depth) -> Result<DefaultDicomObject, Dico
     reader
         .seek(SeekFrom::Start(start))
         .map_err(|e| DicomError::io(path, e))?;
-    let (dataset_enc, detect_ts) = match layout {
-        Layout::Bare(enc) => (Some(enc), false),
-        _ => (None, true),
+    let start = match layout {
+        Layout::Bare(enc) => Start::DataSet(enc),
+        _ => Start::Meta,
     };
-    let pixel_end = match guard::check_lengths(&mut reader, size, dataset_enc, detect_ts) {
+    let pixel_end = match guard::check_lengths(&mut reader, size, start) {
         Ok(end) => end,
         // Pixel data longer than the file is the common truncated download.
         Err(WalkError::Oversized(o)) if o.tag == (0x7FE0, 0x0010) || o.tag.0 == 0xFFFE => {
@@ -130,6 +130,18 @@ pub(crate) fn open(path: &Path, depth: Depth) -> Result<DefaultDicomObject, Dico
                 offset: o.offset,
                 declared: o.declared,
                 remaining: o.remaining,
+            });
+        }
+        Err(WalkError::InflatedTooLarge) => {
+            return Err(DicomError::InflatedTooLarge {
+                path: path.to_path_buf(),
+                limit: guard::MAX_INFLATED_BYTES,
+            });
+        }
+        Err(WalkError::Inflate(e)) => {
+            return Err(DicomError::Unreadable {
+                path: path.to_path_buf(),
+                reason: format!("the deflated data set does not inflate: {e}"),
             });
         }
         // A short read inside a header: the parser below reports it precisely.
