@@ -253,7 +253,7 @@ impl Session {
                     if pdv.is_last {
                         let bytes = std::mem::take(&mut self.command);
                         self.command_pc = None;
-                        self.command(assoc, &pc, &bytes).await?;
+                        self.command(assoc, &pc, bytes).await?;
                     }
                 }
                 PDataValueType::Data => {
@@ -300,9 +300,14 @@ impl Session {
         &mut self,
         assoc: &mut Assoc,
         pc: &PresentationContextNegotiated,
-        bytes: &[u8],
+        bytes: Vec<u8>,
     ) -> Result<(), String> {
-        let cmd = dimse::parse(bytes).map_err(|e| format!("{e:#}"))?;
+        // Parsing is CPU work on bytes the peer chose; it must not stall the
+        // other associations sharing this worker.
+        let cmd = tokio::task::spawn_blocking(move || dimse::parse(&bytes))
+            .await
+            .map_err(|e| format!("parsing the command set failed: {e}"))?
+            .map_err(|e| format!("{e:#}"))?;
         let message_id = cmd
             .message_id
             .ok_or_else(|| format!("command {:04X}H without a Message ID", cmd.field))?;

@@ -7,6 +7,7 @@ use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+use fedslice::data::dicom::{Encoding, check_data_set};
 
 pub const C_STORE_RQ: u16 = 0x0001;
 pub const C_STORE_RSP: u16 = 0x8001;
@@ -61,8 +62,13 @@ fn ushort(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
     e.uint16().ok().or_else(|| e.to_int::<u16>().ok())
 }
 
-/// Parses a complete command set.
+/// Parses a complete command set. Blocking (CPU only): call it off the async
+/// workers.
 pub fn parse(bytes: &[u8]) -> anyhow::Result<Command> {
+    // dicom-rs zero-fills a value's declared length before reading it, so a
+    // 4-byte length field in a 42-byte command could cost 4 GiB.
+    let bytes = check_data_set(bytes, Encoding::IMPLICIT_LE)
+        .context("the command set declares more bytes than it holds")?;
     let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
         .context("the command set is not a valid Implicit VR Little Endian data set")?;
     let field = ushort(&obj, tags::COMMAND_FIELD).context("the command has no Command Field")?;
@@ -208,6 +214,55 @@ mod tests {
         assert!(!cmd.has_data_set);
         assert!(!status::stored(status::OUT_OF_RESOURCES));
         assert!(status::stored(0xB007));
+    }
+
+    /// Implicit VR little endian: tag, 4-byte length, value.
+    fn element(tag: (u16, u16), length: u32, value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend(tag.0.to_le_bytes());
+        v.extend(tag.1.to_le_bytes());
+        v.extend(length.to_le_bytes());
+        v.extend(value);
+        v
+    }
+
+    fn refused_length(bytes: &[u8]) -> fedslice::data::dicom::LengthPastEnd {
+        let e = parse(bytes).unwrap_err();
+        match e.downcast::<fedslice::data::dicom::LengthPastEnd>() {
+            Ok(refusal) => refusal,
+            Err(e) => panic!("parsed without a length check: {e:#}"),
+        }
+    }
+
+    #[test]
+    fn declared_lengths_past_the_command_are_refused_before_parsing() {
+        // Security review H1: C-ECHO-RQ fields, then Affected SOP Class UID
+        // declaring far more than the command holds. dicom-rs zero-filled the
+        // declared length (0x80000000 in the review, 2 GiB resident) before
+        // failing; 16 MiB keeps this test cheap if the check is missing.
+        let mut bytes = element((0x0000, 0x0100), 2, &C_ECHO_RQ.to_le_bytes());
+        bytes.extend(element((0x0000, 0x0110), 2, &1u16.to_le_bytes()));
+        bytes.extend(element((0x0000, 0x0002), 0x0100_0000, b"1.2\0"));
+        let refusal = refused_length(&bytes);
+        assert_eq!((refusal.group, refusal.element), (0x0000, 0x0002));
+        assert_eq!(refusal.declared, 0x0100_0000);
+        assert_eq!(refusal.remaining, 4);
+
+        // An element of group 0002 is an ordinary implicit element in a
+        // command set, not a file meta element with a 2-byte length.
+        let mut bytes = element((0x0000, 0x0100), 2, &C_ECHO_RQ.to_le_bytes());
+        bytes.extend(element((0x0002, 0x0010), 0x0100_4955, b"1.2\0"));
+        let refusal = refused_length(&bytes);
+        assert_eq!((refusal.group, refusal.element), (0x0002, 0x0010));
+        assert_eq!(refusal.declared, 0x0100_4955);
+
+        // Nested items are checked too.
+        let mut item = element((0xFFFE, 0xE000), 0x0100_0000, &[]);
+        item.extend([0u8; 8]);
+        let mut bytes = element((0x0000, 0x0100), 2, &C_ECHO_RQ.to_le_bytes());
+        bytes.extend(element((0x0008, 0x1115), 0xFFFF_FFFF, &item));
+        let refusal = refused_length(&bytes);
+        assert_eq!((refusal.group, refusal.element), (0xFFFE, 0xE000));
     }
 
     #[test]
