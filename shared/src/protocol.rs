@@ -127,7 +127,48 @@ pub struct Work {
     pub deadline_unix_s: u64,
 }
 
+/// The longest job id a site accepts (the aggregator's own are `job-N`).
+pub const MAX_JOB_ID_LEN: usize = 64;
+
+/// Whether `id` can be a job id: 1 to [`MAX_JOB_ID_LEN`] ASCII letters,
+/// digits, `-` and `_`. No such string can name a directory or leave one.
+pub fn is_job_id(id: &str) -> bool {
+    (1..=MAX_JOB_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Identifiers in a work item that a site must not use.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkIdError {
+    #[error("job id `{0}` is not 1 to {MAX_JOB_ID_LEN} ASCII letters, digits, `-` or `_`")]
+    JobId(String),
+    #[error("model digest `{0}` is not 64 lowercase hex digits")]
+    ModelDigest(String),
+}
+
+/// Checks the identifiers of a work item, which the site puts in URLs and
+/// log lines and derives file names from.
+pub fn check_work_ids(job: &str, model_digest: &str) -> Result<(), WorkIdError> {
+    // Shown escaped and cut short: the value may be hostile.
+    let shown = |s: &str| s.escape_debug().take(80).collect::<String>();
+    if !is_job_id(job) {
+        return Err(WorkIdError::JobId(shown(job)));
+    }
+    if !crate::wire::is_sha256_hex(model_digest) {
+        return Err(WorkIdError::ModelDigest(shown(model_digest)));
+    }
+    Ok(())
+}
+
 impl Work {
+    /// [`check_work_ids`] on this work item. The aggregator is trusted with
+    /// model content, not with paths on the site's hosts.
+    pub fn check_ids(&self) -> Result<(), WorkIdError> {
+        check_work_ids(&self.job, &self.model_digest)
+    }
+
     /// The upload payload of this work's result: `delta` from the round's
     /// global model, in the job's dtype.
     pub fn encode_update(
@@ -174,4 +215,53 @@ pub struct UploadReceipt {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_ids_that_could_name_paths_are_refused() {
+        let digest = crate::wire::digest(b"model");
+        assert!(check_work_ids("job-1", &digest).is_ok());
+        assert!(check_work_ids("knee_pretrain-2", &digest).is_ok());
+        let long = "j".repeat(MAX_JOB_ID_LEN + 1);
+        for job in [
+            "",
+            "..",
+            "../../../../tmp/x",
+            "/etc/cron.d/x",
+            "a/b",
+            "a\\b",
+            "job-1\0",
+            "job 1",
+            "job-1\n",
+            "jöb",
+            long.as_str(),
+        ] {
+            assert!(
+                matches!(check_work_ids(job, &digest), Err(WorkIdError::JobId(_))),
+                "{job:?}"
+            );
+        }
+        for bad in [
+            "",
+            "../x",
+            &digest[..63],
+            &digest.to_uppercase(),
+            &format!("{digest}0"),
+            &format!("{}/", &digest[..63]),
+        ] {
+            assert!(
+                matches!(
+                    check_work_ids("job-1", bad),
+                    Err(WorkIdError::ModelDigest(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let e = check_work_ids("\x1b[2J../x", &digest).unwrap_err();
+        assert!(!e.to_string().contains('\x1b'), "{e}");
+    }
 }

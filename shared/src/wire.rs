@@ -785,7 +785,8 @@ pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn is_sha256_hex(s: &str) -> bool {
+/// Whether `s` is a digest as [`digest`] writes it: 64 lowercase hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

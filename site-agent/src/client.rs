@@ -95,7 +95,12 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("polling {}", self.base))?;
-        Ok(Self::check(response).await?.json().await?)
+        let poll: PollResponse = Self::check(response).await?.json().await?;
+        if let Some(work) = &poll.work {
+            work.check_ids()
+                .context("the aggregator sent work whose identifiers the agent refuses")?;
+        }
+        Ok(poll)
     }
 
     /// Downloads a global model into `partial` (resuming what an earlier,

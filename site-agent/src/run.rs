@@ -51,10 +51,26 @@ impl Backoff {
     }
 }
 
-fn outbox_path(cache: &Path, work: &Work) -> PathBuf {
+/// The file-name stem of a round's local files: a digest of the job id, never
+/// the id itself, so no string from the aggregator names a file on the site.
+fn round_stem(job: &str, round: u32) -> String {
+    format!("{}-r{round}", &wire::digest(job.as_bytes())[..16])
+}
+
+fn outbox_path(cache: &Path, job: &str, round: u32) -> PathBuf {
     cache
         .join("outbox")
-        .join(format!("{}-r{}.fslw", work.job, work.round))
+        .join(format!("{}.fslw", round_stem(job, round)))
+}
+
+/// Where a global model is cached: named by its digest, which must be one.
+fn model_path(cache: &Path, digest: &str) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        wire::is_sha256_hex(digest),
+        "model digest `{}` is not 64 lowercase hex digits",
+        digest.escape_debug().take(80).collect::<String>()
+    );
+    Ok(cache.join("models").join(format!("{digest}.fslw")))
 }
 
 /// The round's local-training checkpoint. Its key names everything the
@@ -78,7 +94,7 @@ fn round_checkpoint(
         wire::digest(&exams)
     );
     let dir = cache.join("checkpoints");
-    let name = format!("{}-r{}.ckpt", work.job, work.round);
+    let name = format!("{}.ckpt", round_stem(&work.job, work.round));
     // Checkpoints of other rounds can never be resumed: drop them.
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
@@ -164,7 +180,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
 }
 
 async fn global_model(client: &Client, cache: &Path, digest: &str) -> anyhow::Result<Vec<u8>> {
-    let path = cache.join("models").join(format!("{digest}.fslw"));
+    let path = model_path(cache, digest)?;
     if let Ok(bytes) = std::fs::read(&path)
         && wire::digest(&bytes) == digest
     {
@@ -186,7 +202,7 @@ async fn do_round(
     work: &Work,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let outbox = outbox_path(&config.cache_dir, work);
+    let outbox = outbox_path(&config.cache_dir, &work.job, work.round);
     let (payload, metrics) = match std::fs::read(&outbox) {
         Ok(bytes)
             if wire::decode_header(&bytes)
@@ -267,4 +283,56 @@ async fn do_round(
         receipt.expected
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_files_stay_in_the_cache_whatever_the_job_id() {
+        // Security review M1: a job id of `../../../..<dir>` put the outbox
+        // update (and the epoch checkpoint) wherever the aggregator said.
+        let cache = Path::new("/srv/site/cache");
+        let hostile = [
+            "../../../../tmp/planted",
+            "/etc/cron.d/planted",
+            "a/../../b",
+            "..",
+            "job-1",
+        ];
+        let mut stems = std::collections::HashSet::new();
+        for job in hostile {
+            let outbox = outbox_path(cache, job, 1);
+            assert_eq!(
+                outbox.parent(),
+                Some(cache.join("outbox").as_path()),
+                "{job}"
+            );
+            let name = outbox.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let stem = round_stem(job, 1);
+            assert_eq!(name, format!("{stem}.fslw"));
+            assert!(!stem.contains(job), "{job} names {name}");
+            assert!(
+                stem.bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'r'),
+                "{name}"
+            );
+            assert!(stems.insert(stem), "{job}");
+        }
+        assert_ne!(round_stem("job-1", 1), round_stem("job-1", 2));
+    }
+
+    #[test]
+    fn only_a_digest_names_a_cached_model() {
+        let cache = Path::new("/srv/site/cache");
+        let digest = wire::digest(b"model");
+        assert_eq!(
+            model_path(cache, &digest).unwrap(),
+            cache.join("models").join(format!("{digest}.fslw"))
+        );
+        for bad in ["../../../../tmp/planted", "", &digest.to_uppercase()] {
+            assert!(model_path(cache, bad).is_err(), "{bad}");
+        }
+    }
 }
