@@ -157,3 +157,8 @@ fn max_pooling_matches_burn() -> TestResult {
 fn cls_slice_embedding_matches_burn() -> TestResult {
     burn_and_tract_agree(SlicePooling::Transformer, SliceEmbedding::Cls)
 }
+
+#[test]
+fn max_patch_slice_embedding_matches_burn() -> TestResult {
+    burn_and_tract_agree(SlicePooling::Transformer, SliceEmbedding::MaxPatch)
+}

@@ -220,6 +220,7 @@ pub fn render_model_card(config: &BundleConfig, p: &Provenance) -> String {
         "{} (timm global_pool=\"{}\")",
         match arch.slice_embedding {
             SliceEmbedding::MeanPatch => "mean of the encoder's normalised patch tokens",
+            SliceEmbedding::MaxPatch => "element-wise max of the encoder's normalised patch tokens",
             SliceEmbedding::Cls => "the encoder's CLS token",
         },
         arch.slice_embedding.timm_global_pool()

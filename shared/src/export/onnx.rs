@@ -251,25 +251,24 @@ fn encoder(b: &mut Builder, config: &ClassifierConfig) -> Result<String, OnnxErr
     let x = layer_norm(b, &x, "norm", d)?;
     Ok(match config.slice_embedding {
         SliceEmbedding::Cls => first_token(b, &x, "cls"),
-        SliceEmbedding::MeanPatch => {
-            let starts = b.const_i64(&[1]);
-            let ends = b.const_i64(&[1 + n as i64]);
-            let axes = b.const_i64(&[1]);
-            let patches = b.op(
-                "Slice",
-                &[&x, &starts, &ends, &axes],
-                vec![],
-                "patch_tokens",
-            );
-            // Opset 17 still takes ReduceMean's axes as an attribute.
-            b.op(
-                "ReduceMean",
-                &[&patches],
-                vec![ints("axes", &[1]), int("keepdims", 0)],
-                "mean_patch",
-            )
-        }
+        SliceEmbedding::MeanPatch => reduce_patch_tokens(b, &x, n, "ReduceMean", "mean_patch"),
+        SliceEmbedding::MaxPatch => reduce_patch_tokens(b, &x, n, "ReduceMax", "max_patch"),
     })
+}
+
+/// `op` (a Reduce* taking its axes as an attribute, as opset 17's ReduceMean
+/// and ReduceMax still do) over the `n` patch tokens of `x` `[B, 1 + n, D]`.
+fn reduce_patch_tokens(b: &mut Builder, x: &str, n: usize, op: &'static str, name: &str) -> String {
+    let starts = b.const_i64(&[1]);
+    let ends = b.const_i64(&[1 + n as i64]);
+    let axes = b.const_i64(&[1]);
+    let patches = b.op("Slice", &[x, &starts, &ends, &axes], vec![], "patch_tokens");
+    b.op(
+        op,
+        &[&patches],
+        vec![ints("axes", &[1]), int("keepdims", 0)],
+        name,
+    )
 }
 
 /// The SB-SSL slice pooler on embeddings `[S, D]`: (the whole exam `[1, D]`,

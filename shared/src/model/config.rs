@@ -105,6 +105,10 @@ pub enum SliceEmbedding {
     /// epochs) while the patch tokens carry what was learned.
     #[default]
     MeanPatch,
+    /// The element-wise max of the normalised patch tokens (timm
+    /// `global_pool="max"`): a finding that covers a few patches of a wide
+    /// field is not averaged away by the many patches around it.
+    MaxPatch,
     /// The CLS token (timm `global_pool="token"`). Models written before this
     /// option existed use it.
     Cls,
@@ -115,6 +119,7 @@ impl SliceEmbedding {
     pub fn name(self) -> &'static str {
         match self {
             Self::MeanPatch => "mean-patch",
+            Self::MaxPatch => "max-patch",
             Self::Cls => "cls",
         }
     }
@@ -123,6 +128,7 @@ impl SliceEmbedding {
     pub fn timm_global_pool(self) -> &'static str {
         match self {
             Self::MeanPatch => "avg",
+            Self::MaxPatch => "max",
             Self::Cls => "token",
         }
     }
@@ -142,10 +148,12 @@ impl std::fmt::Display for SliceEmbedding {
 impl std::str::FromStr for SliceEmbedding {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Self::MeanPatch, Self::Cls]
+        [Self::MeanPatch, Self::MaxPatch, Self::Cls]
             .into_iter()
             .find(|kind| kind.name() == s)
-            .ok_or_else(|| format!("unknown slice embedding `{s}` (expected mean-patch or cls)"))
+            .ok_or_else(|| {
+                format!("unknown slice embedding `{s}` (expected mean-patch, max-patch or cls)")
+            })
     }
 }
 
@@ -192,7 +200,11 @@ mod tests {
         json.as_object_mut().unwrap().remove("slice_embedding");
         let old: ClassifierConfig = serde_json::from_value(json).unwrap();
         assert_eq!(old.slice_embedding, SliceEmbedding::Cls);
-        for kind in [SliceEmbedding::MeanPatch, SliceEmbedding::Cls] {
+        for kind in [
+            SliceEmbedding::MeanPatch,
+            SliceEmbedding::MaxPatch,
+            SliceEmbedding::Cls,
+        ] {
             assert_eq!(kind.to_string().parse(), Ok(kind));
             assert_eq!(json!(kind), json!(kind.to_string()));
         }

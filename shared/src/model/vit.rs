@@ -156,10 +156,21 @@ impl VisionTransformer {
             .reshape([batch, d])
     }
 
+    /// Element-wise max of the normalised patch tokens (CLS excluded), `[B, D]`.
+    pub fn forward_max_patch(&self, images: Tensor<4>) -> Tensor<2> {
+        let tokens = self.forward_tokens(images);
+        let [batch, count, d] = tokens.dims();
+        tokens
+            .narrow(1, 1, count - 1)
+            .max_dim(1)
+            .reshape([batch, d])
+    }
+
     /// The embedding `kind` names, `[B, D]`.
     pub fn forward_embedding(&self, images: Tensor<4>, kind: SliceEmbedding) -> Tensor<2> {
         match kind {
             SliceEmbedding::MeanPatch => self.forward_mean_patch(images),
+            SliceEmbedding::MaxPatch => self.forward_max_patch(images),
             SliceEmbedding::Cls => self.forward_cls(images),
         }
     }
