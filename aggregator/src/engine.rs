@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::Context;
 use axum::http::StatusCode;
 use fedslice::aggregate::{self, FedAvg};
+use fedslice::federated::SiteReport;
 use fedslice::protocol::{Aggregation, JobSpec, PollResponse, UploadReceipt, Work};
 use fedslice::wire::{self, DecodeLimits, Dtype, PayloadKind, PayloadMeta, Schema, TensorMap};
 use tokio::sync::Notify;
@@ -459,6 +460,11 @@ impl Engine {
                 "update reports 0 training samples".into(),
             ));
         }
+        // The metrics reach the exported threshold and model card, and only
+        // the site vouches for them (security review M6): range-check them
+        // before anything is stored.
+        let report = SiteReport::from_metrics(&header.metrics)
+            .map_err(|e| Rejection::Unprocessable(format!("site report refused: {e}")))?;
         let schema = self.schema_of(&round.base_digest)?;
         let (_, delta) = wire::decode(bytes, &DecodeLimits::for_schema(&schema))
             .map_err(|e| Rejection::Unprocessable(e.to_string()))?;
@@ -475,7 +481,7 @@ impl Engine {
         }
         let digest = self.blobs.put(bytes).map_err(internal)?;
         crate::crash_points::reached("upload:after_blob");
-        let metrics = serde_json::to_value(&header.metrics).map_err(internal)?;
+        let metrics = serde_json::to_value(&report).map_err(internal)?;
         let mut state = self.state();
         let recorded = state
             .record_update(

@@ -1,12 +1,15 @@
 //! `aggregator export`: a finished finetune job's global classifier as the
 //! radiology bundle (see `fedslice::export`), with the job's provenance and
-//! the sites' reported validation numbers in its model card.
+//! the sites' reported validation numbers in its model card. The threshold's
+//! route (site reports and their consensus) lives in `fedslice::federated`.
 
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use fedslice::export::{BundleConfig, Origin, Provenance, ValidationRow, unix_now, write_bundle};
-use fedslice::federated::from_tensor_map;
+use fedslice::federated::{
+    CONSENSUS_THRESHOLD_METHOD, SiteReport, consensus_threshold, from_tensor_map,
+};
 use fedslice::model::ExamClassifier;
 use fedslice::protocol::Phase;
 use fedslice::wire::{self, DecodeLimits};
@@ -15,60 +18,45 @@ use crate::blobs::BlobStore;
 use crate::engine::StatePaths;
 use crate::state::State;
 
-/// The decision threshold: the mean of the sites' Youden thresholds on their
-/// validation exams in the last round, weighted by validation exams. Sites
-/// report only these aggregates, never per-exam scores.
-pub fn consensus_threshold(state: &State, job: &str, round: u32) -> anyhow::Result<Option<f64>> {
-    let (mut sum, mut weight) = (0.0, 0.0);
+/// The sites' reports for one round. A stored report that fails validation
+/// (accepted before reports were checked on receipt) is left out with a
+/// warning, and with its reason, so an old bad round cannot reach the bundle.
+fn site_reports(
+    state: &State,
+    job: &str,
+    round: u32,
+) -> anyhow::Result<Vec<(String, Result<SiteReport, String>)>> {
+    let mut out = Vec::new();
     for update in state.updates(job, round)? {
-        let t = update.metrics.get("val_threshold").and_then(|v| v.as_f64());
-        let n = update
-            .metrics
-            .get("val_exams")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(1.0);
-        if let Some(t) = t {
-            sum += t * n;
-            weight += n;
-        }
+        let report = serde_json::from_value::<SiteReport>(update.metrics).map_err(|e| {
+            tracing::warn!(site = %update.site, job, round, "stored site report left out: {e}");
+            e.to_string()
+        });
+        out.push((update.site, report));
     }
-    Ok((weight > 0.0).then(|| sum / weight))
+    Ok(out)
 }
 
-/// The sites' validation numbers from the latest round in which they
-/// reported them, and that round's number. Sites send aggregates only.
+/// The sites' validation rows from the latest round in which they reported
+/// an AUC, and that round's number. Sites send aggregates only.
 fn site_validation(
     state: &State,
     job: &str,
     rounds: &[u32],
 ) -> anyhow::Result<(Vec<ValidationRow>, Option<u32>)> {
     for &round in rounds.iter().rev() {
-        let updates = state.updates(job, round)?;
-        let mut rows = Vec::new();
-        for u in &updates {
-            let metric = |k: &str| u.metrics.get(k).and_then(|v| v.as_f64());
-            let exams = metric("val_exams").unwrap_or(0.0) as usize;
-            match (metric("val_auc"), metric("val_positives")) {
-                (Some(auc), Some(pos)) => rows.push(ValidationRow::from_site_auc(
-                    &u.site,
-                    auc,
-                    pos as usize,
-                    exams,
-                )),
-                (Some(auc), None) => {
-                    let mut row = ValidationRow::counts_only(&u.site, exams, None, "");
-                    row.auc = Some(auc);
-                    row.method = "site's validation exams; the site did not report its class counts, so no CI".into();
-                    rows.push(row);
-                }
-                _ => rows.push(ValidationRow::counts_only(
-                    &u.site,
-                    exams,
-                    metric("val_positives").map(|p| p as usize),
-                    "the site's validation exams do not hold both classes",
-                )),
-            }
-        }
+        let rows: Vec<ValidationRow> = site_reports(state, job, round)?
+            .iter()
+            .map(|(site, report)| match report {
+                Ok(report) => report.validation_row(site),
+                Err(why) => ValidationRow::counts_only(
+                    site,
+                    0,
+                    None,
+                    &format!("the site's stored report failed validation ({why})"),
+                ),
+            })
+            .collect();
         if rows.iter().any(|r| r.auc.is_some()) {
             return Ok((rows, Some(round)));
         }
@@ -100,7 +88,8 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
     let (_, tensors) = wire::decode(&bytes, &DecodeLimits::DEFAULT)?;
     let device = fedslice::device::open(fedslice::device::BackendKind::Flex)?;
     let model = from_tensor_map(ExamClassifier::new(&job.spec.model, &device), &tensors)?;
-    let threshold = consensus_threshold(&state, job_id, version)?;
+    let last_reports = site_reports(&state, job_id, version)?;
+    let threshold = consensus_threshold(last_reports.iter().filter_map(|(_, r)| r.as_ref().ok()));
     if threshold.is_none() {
         tracing::warn!("no site reported a validation threshold; using 0.5");
     }
@@ -111,7 +100,7 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
         fedslice::data::plane::Plane::default(),
         threshold.unwrap_or(0.5),
         if threshold.is_some() {
-            "validation-exam-weighted mean of the sites' Youden thresholds, last round"
+            CONSENSUS_THRESHOLD_METHOD
         } else {
             "default 0.5 (no site reported one)"
         },
@@ -126,7 +115,17 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
         let updates = state.updates(job_id, r.round)?;
         sites.extend(updates.iter().map(|u| u.site.clone()));
         if !updates.is_empty() {
-            last_samples = Some(updates.iter().map(|u| u.samples as usize).sum::<usize>());
+            // Checked: samples are self-reported, and a wrapped sum in the
+            // card reads as a plausible number (security review M6).
+            last_samples = updates.iter().try_fold(0usize, |sum, u| {
+                sum.checked_add(usize::try_from(u.samples).ok()?)
+            });
+            if last_samples.is_none() {
+                tracing::warn!(
+                    round = r.round,
+                    "the sites' sample counts overflow; the card says \"not recorded\""
+                );
+            }
         }
         per_round.push(serde_json::json!({
             "round": r.round,
@@ -135,8 +134,10 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
     }
     let (mut validation, validated_round) = site_validation(&state, job_id, &round_numbers)?;
     if !validation.is_empty() {
-        let pooled = ValidationRow::pooled_fixed_effect(&validation);
-        validation.push(pooled);
+        match ValidationRow::pooled_fixed_effect(&validation) {
+            Some(pooled) => validation.push(pooled),
+            None => tracing::warn!("the sites' validation counts overflow; no pooled row"),
+        }
     }
     let provenance = Provenance {
         origin: Origin::Federated {

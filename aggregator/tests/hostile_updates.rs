@@ -19,6 +19,17 @@ fn cli(dir: &Path, args: &[&str]) {
 }
 
 fn update(job: &str, round: u32, base: &str, delta: &TensorMap) -> Vec<u8> {
+    reporting(job, round, base, delta, BTreeMap::new())
+}
+
+/// An update whose header carries `metrics`, the site's report.
+fn reporting(
+    job: &str,
+    round: u32,
+    base: &str,
+    delta: &TensorMap,
+    metrics: BTreeMap<String, f64>,
+) -> Vec<u8> {
     wire::encode(
         PayloadMeta {
             kind: PayloadKind::Update,
@@ -26,7 +37,7 @@ fn update(job: &str, round: u32, base: &str, delta: &TensorMap) -> Vec<u8> {
             round,
             base_digest: Some(base.into()),
             samples: 10,
-            metrics: BTreeMap::new(),
+            metrics,
         },
         delta,
         Dtype::F32,
@@ -72,10 +83,10 @@ fn filled(schema_of: &TensorMap, value: f32) -> TensorMap {
     map
 }
 
-#[test]
-fn hostile_updates_are_refused_and_leave_the_model_alone() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let state = dir.path().join("state");
+/// A consortium of one site, `site-a`, with a two-round pretraining job
+/// running: the engine, the job's id, round 1's base digest and global model.
+fn one_site_running(dir: &Path) -> (Engine, String, String, TensorMap) {
+    let state = dir.join("state");
     cli(&state, &["init", "--url", "https://127.0.0.1:9"]);
     cli(
         &state,
@@ -84,7 +95,7 @@ fn hostile_updates_are_refused_and_leave_the_model_alone() {
             "add",
             "site-a",
             "--out",
-            dir.path().join("a").to_str().expect("path"),
+            dir.join("a").to_str().expect("path"),
         ],
     );
     cli(
@@ -114,6 +125,18 @@ fn hostile_updates_are_refused_and_leave_the_model_alone() {
         .expect("round 1");
     let base = round.base_digest.clone();
     let (_, global) = engine.load_model(&base).expect("global model");
+    (engine, job.id, base, global)
+}
+
+#[test]
+fn hostile_updates_are_refused_and_leave_the_model_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (engine, job_id, base, global) = one_site_running(dir.path());
+    let job = engine
+        .state()
+        .job(&job_id)
+        .expect("db")
+        .expect("running job");
 
     let honest = filled(&global, 1e-3);
     let accept = |bytes: &[u8]| engine.accept_update("site-a", bytes);
@@ -212,4 +235,94 @@ fn hostile_updates_are_refused_and_leave_the_model_alone() {
         .filter(|a| a.event == "request_refused")
         .count();
     assert_eq!(refusals, 12, "every refusal is audited: {audit:#?}");
+}
+
+/// Security review M6: a site's metrics reach the exported decision threshold
+/// and the model card, and only the site vouches for them. Out-of-range ones
+/// are refused on receipt with the reason, audited, and never stored.
+#[test]
+fn updates_with_out_of_range_metrics_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (engine, job, base, global) = one_site_running(dir.path());
+    let delta = filled(&global, 1e-3);
+    let metrics = |pairs: &[(&str, f64)]| -> BTreeMap<String, f64> {
+        pairs.iter().map(|&(k, v)| (k.to_owned(), v)).collect()
+    };
+    let refused = |pairs: &[(&str, f64)], expect: &str| match engine
+        .accept_update("site-a", &reporting(&job, 1, &base, &delta, metrics(pairs)))
+    {
+        Err(rejection) => {
+            assert!(
+                matches!(rejection, Rejection::Unprocessable(_)),
+                "{rejection:?}"
+            );
+            let message = rejection.to_string();
+            assert!(
+                message.contains(expect),
+                "expected `{expect}` in: {message}"
+            );
+            engine.record_rejection("site-a", &rejection);
+        }
+        Ok(receipt) => panic!("accepted metrics {pairs:?}: {receipt:?}"),
+    };
+
+    // The review's site-c: AUC 7.5, an exam count that wrapped in the card,
+    // negative positives; and a misspelt key that used to be ignored.
+    let valid = [
+        ("val_exams", 12.0),
+        ("val_positives", 5.0),
+        ("val_auc", 0.8125),
+        ("val_threshold", 0.47),
+        ("loss_first", 0.69),
+        ("loss_last", 0.41),
+        ("steps", 30.0),
+    ];
+    let with = |key: &str, value: f64| -> Vec<(&'static str, f64)> {
+        valid
+            .iter()
+            .map(|&(k, v)| (k, if k == key { value } else { v }))
+            .collect()
+    };
+    refused(
+        &with("val_auc", 7.5),
+        "metric `val_auc` is 7.5; it lies in [0, 1]",
+    );
+    refused(&with("val_exams", 1e300), "metric `val_exams` is 1e300");
+    refused(
+        &with("val_positives", -5.0),
+        "metric `val_positives` is -5.0",
+    );
+    refused(&with("loss_last", -1.0), "metric `loss_last` is -1.0");
+    refused(&[("val_treshold", 0.47)], "unknown metric `val_treshold`");
+    assert!(
+        engine.state().updates(&job, 1).expect("db").is_empty(),
+        "no refused report is stored"
+    );
+    let audit = engine.state().audit_log(1000).expect("audit");
+    let reasons: Vec<&str> = audit
+        .iter()
+        .filter(|a| a.event == "request_refused")
+        .map(|a| a.detail.as_str())
+        .collect();
+    assert_eq!(reasons.len(), 5, "every refusal is audited: {audit:#?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("site report refused: metric `val_auc` is 7.5")),
+        "the audit says why: {reasons:#?}"
+    );
+
+    // A valid report is accepted and stored as the same JSON object agents
+    // have always sent.
+    engine
+        .accept_update(
+            "site-a",
+            &reporting(&job, 1, &base, &delta, metrics(&valid)),
+        )
+        .expect("a valid report");
+    let stored = engine.state().updates(&job, 1).expect("db");
+    assert_eq!(
+        stored[0].metrics.to_string(),
+        r#"{"loss_first":0.69,"loss_last":0.41,"steps":30.0,"val_auc":0.8125,"val_exams":12.0,"val_positives":5.0,"val_threshold":0.47}"#
+    );
 }

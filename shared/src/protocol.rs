@@ -170,12 +170,13 @@ impl Work {
     }
 
     /// The upload payload of this work's result: `delta` from the round's
-    /// global model, in the job's dtype.
+    /// global model, in the job's dtype, with the site's report as the
+    /// header's `metrics`.
     pub fn encode_update(
         &self,
         delta: &crate::wire::TensorMap,
         samples: u64,
-        metrics: std::collections::BTreeMap<String, f64>,
+        report: crate::federated::SiteReport,
     ) -> Result<Vec<u8>, crate::wire::WireError> {
         let meta = crate::wire::PayloadMeta {
             kind: crate::wire::PayloadKind::Update,
@@ -183,7 +184,7 @@ impl Work {
             round: self.round,
             base_digest: Some(self.model_digest.clone()),
             samples,
-            metrics,
+            metrics: report.to_metrics(),
         };
         crate::wire::encode(meta, delta, self.spec.dtype, 3)
     }

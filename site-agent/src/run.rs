@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fedslice::federated::{SiteExams, train_round};
+use fedslice::federated::{SiteExams, SiteReport, train_round};
 use fedslice::protocol::Work;
 use fedslice::train::CheckpointFile;
 use fedslice::wire::{self, DecodeLimits};
@@ -203,14 +203,20 @@ async fn do_round(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let outbox = outbox_path(&config.cache_dir, &work.job, work.round);
-    let (payload, metrics) = match std::fs::read(&outbox) {
+    let (payload, report) = match std::fs::read(&outbox) {
         Ok(bytes)
             if wire::decode_header(&bytes)
                 .is_ok_and(|h| h.base_digest.as_deref() == Some(work.model_digest.as_str())) =>
         {
             tracing::info!(job = %work.job, round = work.round, "re-sending the update computed before a restart");
             let header = wire::decode_header(&bytes)?;
-            (bytes, header.metrics)
+            // Only for the summary line below: the aggregator validates the
+            // report and refuses the upload with the reason if it is wrong.
+            let report = SiteReport::from_metrics(&header.metrics).unwrap_or_else(|e| {
+                tracing::warn!("the stored update's report: {e}");
+                SiteReport::default()
+            });
+            (bytes, report)
         }
         _ => {
             let model = global_model(client, &config.cache_dir, &work.model_digest).await?;
@@ -237,14 +243,14 @@ async fn do_round(
             let (update, checkpoints) = update;
             let update = update?;
             let payload =
-                work.encode_update(&update.delta, update.samples, update.metrics.clone())?;
+                work.encode_update(&update.delta, update.samples, update.report.clone())?;
             fedslice::atomic_file::write(&outbox, &payload)
                 .with_context(|| format!("writing {}", outbox.display()))?;
             // The outbox now holds the result; the epoch checkpoint is spent.
             if let Err(e) = checkpoints.remove() {
                 tracing::warn!("{e}; it is removed when the next round starts");
             }
-            (payload, update.metrics)
+            (payload, update.report)
         }
     };
     let header = wire::decode_header(&payload)?;
@@ -262,12 +268,11 @@ async fn do_round(
         Err(_) => {}
     }
     let receipt = result?;
-    let loss = match (metrics.get("loss_first"), metrics.get("loss_last")) {
-        (Some(a), Some(b)) => format!("local loss {a:.4} → {b:.4}"),
-        _ => "local loss -".into(),
-    };
-    let auc = metrics
-        .get("val_auc")
+    let loss = report.losses.map_or("local loss -".into(), |l| {
+        format!("local loss {:.4} → {:.4}", l.first, l.last)
+    });
+    let auc = report
+        .auc()
         .map_or(String::new(), |a| format!(", global model val AUC {a:.3}"));
     println!(
         "[{}] {} round {}/{} ({}): {loss}{auc}, {} samples, {} bytes sent, {:.1} s; {}/{} sites reported",

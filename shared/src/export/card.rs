@@ -94,8 +94,10 @@ impl ValidationRow {
     }
 
     /// Fixed-effect (inverse-variance) pooling of site AUCs, for when only
-    /// per-site aggregates exist.
-    pub fn pooled_fixed_effect(sites: &[ValidationRow]) -> Self {
+    /// per-site aggregates exist. `None` when the sites' counts overflow a
+    /// sum: they are self-reported, and a wrapped total reads as a plausible
+    /// number in the card.
+    pub fn pooled_fixed_effect(sites: &[ValidationRow]) -> Option<Self> {
         let mut weight_sum = 0.0;
         let mut weighted = 0.0;
         for row in sites {
@@ -108,14 +110,28 @@ impl ValidationRow {
                 weighted += w * auc;
             }
         }
-        let exams = sites.iter().map(|r| r.exams).sum();
-        let positives = sites.iter().map(|r| r.positives).sum::<Option<usize>>();
+        let exams = sites
+            .iter()
+            .try_fold(0usize, |sum, r| sum.checked_add(r.exams))?;
+        // Unknown (inner `None`) once a site did not report its positives;
+        // an overflow gives up on the pooled row (outer `None`).
+        let positives = sites
+            .iter()
+            .try_fold(Some(0usize), |sum, r| match (sum, r.positives) {
+                (Some(sum), Some(p)) => sum.checked_add(p).map(Some),
+                _ => Some(None),
+            })?;
         if weight_sum == 0.0 {
-            return Self::counts_only("pooled", exams, positives, "no site reported an AUC");
+            return Some(Self::counts_only(
+                "pooled",
+                exams,
+                positives,
+                "no site reported an AUC",
+            ));
         }
         let auc = weighted / weight_sum;
         let se = (1.0 / weight_sum).sqrt();
-        Self {
+        Some(Self {
             scope: "pooled".into(),
             exams,
             positives,
@@ -125,7 +141,7 @@ impl ValidationRow {
             sensitivity: None,
             specificity: None,
             method: "fixed-effect (inverse-variance) pooling of the site AUCs".into(),
-        }
+        })
     }
 }
 
@@ -300,11 +316,26 @@ mod tests {
     fn pooling_weights_the_more_certain_site() {
         let big = ValidationRow::from_site_auc("a", 0.9, 100, 200);
         let small = ValidationRow::from_site_auc("b", 0.6, 5, 10);
-        let pooled = ValidationRow::pooled_fixed_effect(&[big, small]);
+        let pooled = ValidationRow::pooled_fixed_effect(&[big, small]).unwrap();
         let auc = pooled.auc.unwrap();
         assert!(auc > 0.85 && auc < 0.9, "{auc}");
         let [lo, hi] = pooled.auc_ci.unwrap();
         assert!(lo < auc && auc < hi);
         assert_eq!((pooled.exams, pooled.positives), (210, Some(105)));
+    }
+
+    #[test]
+    fn pooling_refuses_counts_that_overflow() {
+        // Security review M6: a site's 1e300 exams became usize::MAX, and the
+        // pooled total wrapped to a plausible 23 in release builds.
+        let honest = ValidationRow::from_site_auc("a", 0.8, 5, 12);
+        let hostile = ValidationRow::from_site_auc("c", 0.8, 1, usize::MAX);
+        assert_eq!(ValidationRow::pooled_fixed_effect(&[honest, hostile]), None);
+        let huge_positives = ValidationRow::counts_only("d", 1, Some(usize::MAX), "");
+        let honest = ValidationRow::from_site_auc("a", 0.8, 5, 12);
+        assert_eq!(
+            ValidationRow::pooled_fixed_effect(&[honest, huge_positives]),
+            None
+        );
     }
 }

@@ -1,13 +1,15 @@
 //! One site's part of a round: load the global model, train locally for the
 //! job's local epochs, and return Δ = w_local − w_global with the sample count
-//! and aggregate metrics. Only these leave the site.
+//! and a [`SiteReport`] of aggregate metrics. Only these leave the site.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use burn::tensor::Device;
 
-use super::{FederatedError, from_tensor_map, to_tensor_map};
+use super::{
+    Discrimination, EpochLosses, FederatedError, SiteReport, ValidationSummary, from_tensor_map,
+    to_tensor_map,
+};
 use crate::data::preprocess::PreparedExam;
 use crate::data::split::stratified_split;
 use crate::metrics;
@@ -32,7 +34,7 @@ pub struct LocalUpdate {
     pub delta: TensorMap,
     /// FedAvg weight: slices for pretraining, labelled exams for fine-tuning.
     pub samples: u64,
-    pub metrics: BTreeMap<String, f64>,
+    pub report: SiteReport,
 }
 
 fn round_window(spec: &JobSpec, round: u32) -> ScheduleWindow {
@@ -69,23 +71,23 @@ pub fn evaluate_global(
     model: &ExamClassifier,
     validation: &[PreparedExam],
     device: &Device,
-) -> Result<BTreeMap<String, f64>, FederatedError> {
-    let mut out = BTreeMap::new();
+) -> Result<ValidationSummary, FederatedError> {
     let labels: Vec<bool> = validation.iter().filter_map(|e| e.label).collect();
-    out.insert("val_exams".into(), labels.len() as f64);
-    out.insert(
-        "val_positives".into(),
-        labels.iter().filter(|&&l| l).count() as f64,
-    );
-    if labels.iter().any(|&l| l) && labels.iter().any(|&l| !l) {
+    let positives = labels.iter().filter(|&&l| l).count();
+    let discrimination = if labels.iter().any(|&l| l) && labels.iter().any(|&l| !l) {
         let scores = train::predict(model, validation, device);
-        out.insert("val_auc".into(), metrics::roc_auc(&scores, &labels)?);
-        out.insert(
-            "val_threshold".into(),
-            metrics::youden_threshold(&scores, &labels)?,
-        );
-    }
-    Ok(out)
+        Some(Discrimination {
+            auc: metrics::roc_auc(&scores, &labels)?,
+            threshold: metrics::youden_threshold(&scores, &labels)?,
+        })
+    } else {
+        None
+    };
+    Ok(ValidationSummary {
+        exams: labels.len() as u64,
+        positives: Some(positives as u64),
+        discrimination,
+    })
 }
 
 /// Trains this site's part of `work`, continuing from the state `checkpoints`
@@ -101,7 +103,7 @@ pub fn train_round(
     let spec = &work.spec;
     let seed = round_seed(spec, work.round, site.salt);
     let window = round_window(spec, work.round);
-    let mut metrics = BTreeMap::new();
+    let mut report = SiteReport::default();
     let (local, samples) = match spec.phase {
         Phase::Pretrain => {
             let model = from_tensor_map(GmmlModel::new(&spec.model.encoder, device), global)?;
@@ -110,7 +112,7 @@ pub fn train_round(
                 seed,
                 ..spec.pretrain.clone()
             };
-            let (model, report) = train::pretrain(
+            let (model, trained) = train::pretrain(
                 model,
                 site.exams.clone(),
                 &config,
@@ -118,37 +120,35 @@ pub fn train_round(
                 progress,
                 checkpoints,
             )?;
-            if let (Some(first), Some(last)) = (report.first_loss(), report.last_loss()) {
-                metrics.insert("loss_first".into(), first);
-                metrics.insert("loss_last".into(), last);
+            if let (Some(first), Some(last)) = (trained.first_loss(), trained.last_loss()) {
+                report.losses = Some(EpochLosses { first, last });
             }
-            metrics.insert("steps".into(), report.steps as f64);
-            (to_tensor_map(&model)?, report.slices as u64)
+            report.steps = Some(trained.steps as u64);
+            (to_tensor_map(&model)?, trained.slices as u64)
         }
         Phase::Finetune => {
             let model = from_tensor_map(ExamClassifier::new(&spec.model, device), global)?;
             let (fit, validation) = labelled_split(spec, &site.exams);
-            metrics.extend(evaluate_global(&model, &validation, device)?);
+            report.validation = Some(evaluate_global(&model, &validation, device)?);
             let config = FinetuneConfig {
                 schedule: window,
                 seed,
                 ..spec.finetune.clone()
             };
-            let (model, report) =
+            let (model, trained) =
                 train::finetune(model, &fit, &config, device, progress, checkpoints)?;
-            if let (Some(first), Some(last)) =
-                (report.epoch_losses.first(), report.epoch_losses.last())
+            if let (Some(&first), Some(&last)) =
+                (trained.epoch_losses.first(), trained.epoch_losses.last())
             {
-                metrics.insert("loss_first".into(), *first);
-                metrics.insert("loss_last".into(), *last);
+                report.losses = Some(EpochLosses { first, last });
             }
-            metrics.insert("steps".into(), report.steps as f64);
+            report.steps = Some(trained.steps as u64);
             (to_tensor_map(&model)?, fit.len() as u64)
         }
     };
     Ok(LocalUpdate {
         delta: local.sub(global)?,
         samples,
-        metrics,
+        report,
     })
 }

@@ -1,6 +1,7 @@
 //! The model side of federation: turning burn modules into the wire's tensor
 //! maps and back, building a job's initial global model, and one site's local
-//! work for a round (train, then report the delta Δ = w_local − w_global).
+//! work for a round (train, then report the delta Δ = w_local − w_global and a
+//! [`SiteReport`]), and how the aggregator combines the sites' reports.
 //!
 //! Nothing here touches the network or the disk: the site agent decides where
 //! the global model comes from and where the update goes.
@@ -8,10 +9,15 @@
 mod local;
 mod model_io;
 mod recipe;
+mod report;
 
 pub use local::{LocalUpdate, SiteExams, evaluate_global, train_round};
 pub use model_io::{from_tensor_map, to_tensor_map};
 pub use recipe::{JobOptions, initial_model, job_spec};
+pub use report::{
+    CONSENSUS_THRESHOLD_METHOD, Discrimination, EpochLosses, MAX_REPORTED_EXAMS,
+    MAX_REPORTED_STEPS, ReportError, SiteReport, ValidationSummary, consensus_threshold,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FederatedError {
