@@ -22,7 +22,10 @@ fn one_site_with_a_job() -> (Consortium, std::path::PathBuf, SiteConfig) {
 
 async fn first_work(client: &Client) -> fedslice::protocol::Work {
     loop {
-        let poll = client.poll(Duration::from_secs(5)).await.expect("poll");
+        let poll = client
+            .poll(Duration::from_secs(5), false)
+            .await
+            .expect("poll");
         if let Some(work) = poll.work {
             return work;
         }

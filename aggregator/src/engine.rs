@@ -134,6 +134,9 @@ pub struct Engine {
 /// so only a broken or hostile client reaches these.
 const BURST: f64 = 60.0;
 const PER_SECOND: f64 = 10.0;
+/// The `Retry-After` of a 429: long enough to refill half the burst, which is
+/// also when [`Engine::take_token`] counts the flood as over.
+pub const RETRY_AFTER_S: u64 = 3;
 
 /// A per-site token bucket; `limited` remembers that the refusal was audited,
 /// so a flood yields one audit entry, not one per request.
@@ -717,5 +720,17 @@ impl Engine {
             tracing::info!(job = %job.id, round = round.round, "an update arrived during aggregation; aggregating again");
         }
         Ok(closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_outlasts_the_flood() {
+        // A client that waits as told must come back to a bucket at least half
+        // full, or its next request starts a new flood.
+        assert!(RETRY_AFTER_S as f64 * PER_SECOND >= BURST / 2.0);
     }
 }

@@ -53,7 +53,17 @@ fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        api_error(self.status(), self.to_string())
+        let throttled = matches!(self, Rejection::TooManyRequests(_));
+        let mut response = api_error(self.status(), self.to_string());
+        if throttled {
+            // Tells a well-behaved client how long to back off instead of
+            // leaving it to guess (and retry into the limit again).
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::engine::RETRY_AFTER_S),
+            );
+        }
+        response
     }
 }
 
@@ -65,6 +75,14 @@ async fn authorise(
     mut request: Request,
     next: Next,
 ) -> Response {
+    // The request log (`-v`, or RUST_LOG=aggregator::server=debug): one line
+    // per site request, refused ones included, to see how often sites call.
+    tracing::debug!(
+        site = %peer.common_name,
+        method = %request.method(),
+        path = request.uri().path(),
+        "site request"
+    );
     match engine.authorise(&peer) {
         Ok(()) => {
             request
@@ -80,9 +98,15 @@ async fn health() -> &'static str {
     "ok"
 }
 
+/// `GET /v1/work?wait=S[&until_idle=true]`. Unknown parameters are ignored,
+/// so agents and aggregators of different versions understand each other.
 #[derive(serde::Deserialize)]
 struct PollQuery {
     wait: Option<u64>,
+    /// Sent by agents run with `--until-idle`, which exit once no job is
+    /// open: they need that answer at once rather than after the wait.
+    #[serde(default)]
+    until_idle: bool,
 }
 
 async fn poll_work(
@@ -92,17 +116,26 @@ async fn poll_work(
 ) -> Result<axum::Json<PollResponse>, Rejection> {
     let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(MAX_POLL_WAIT);
     let until = tokio::time::Instant::now() + wait;
+    let mut first: Option<PollResponse> = None;
     loop {
         // Register for wake-ups before looking, so a change between the look
         // and the wait is not missed.
         let changed = engine.changed.notified();
         let response = engine.poll(&site)?;
+        // With no job open the poll waits too (issue 15): answering at once
+        // made an idle agent poll in a tight loop into the rate limit. A job
+        // created meanwhile is started by the round task, which wakes us.
+        // Any other change for this site (a job finished, say) is answered
+        // at once, so the agent's log follows the consortium's state.
+        let news = first.as_ref().is_some_and(|first| *first != response);
         if response.work.is_some()
-            || response.open_jobs == 0
+            || news
+            || (response.open_jobs == 0 && query.until_idle)
             || tokio::time::Instant::now() >= until
         {
             return Ok(axum::Json(response));
         }
+        first.get_or_insert(response);
         tokio::select! {
             _ = changed => {}
             _ = tokio::time::sleep_until(until) => {}

@@ -20,6 +20,24 @@ pub struct Refused {
     pub message: String,
 }
 
+/// The aggregator asked the site to slow down (429): retry, but not before
+/// `retry_after` when it said how long.
+#[derive(Debug, thiserror::Error)]
+#[error("aggregator asks this site to slow down (429): {message}")]
+pub struct Throttled {
+    pub retry_after: Option<Duration>,
+    pub message: String,
+}
+
+/// `Retry-After` in its delay-seconds form; the HTTP-date form is not worth
+/// a date parser here (the aggregator sends seconds), so it reads as absent.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let seconds: u64 = value.trim().parse().ok()?;
+    // An absurd value from a confused proxy must not park the agent for days.
+    Some(Duration::from_secs(seconds.min(300)))
+}
+
 /// What the aggregator made of one upload request.
 #[derive(Debug)]
 pub enum PartOutcome {
@@ -66,12 +84,20 @@ impl Client {
         if status.is_success() {
             return Ok(response);
         }
+        let retry_after = retry_after(response.headers());
         let body = response.text().await.unwrap_or_default();
         let message = serde_json::from_str::<ApiError>(&body)
             .map(|e| e.error)
             .unwrap_or(body);
-        // 429 and 408 are "try again later", not a verdict on the request.
-        if status.is_client_error() && status.as_u16() != 429 && status.as_u16() != 408 {
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(Throttled {
+                retry_after,
+                message,
+            }
+            .into());
+        }
+        // 408 is "try again later", not a verdict on the request.
+        if status.is_client_error() && status != reqwest::StatusCode::REQUEST_TIMEOUT {
             return Err(Refused {
                 status: status.as_u16(),
                 message,
@@ -81,15 +107,18 @@ impl Client {
         anyhow::bail!("aggregator error ({status}): {message}")
     }
 
-    /// Long-polls for work: the aggregator answers as soon as there is some, or after `wait`.
-    pub async fn poll(&self, wait: Duration) -> anyhow::Result<PollResponse> {
+    /// Long-polls for work: the aggregator answers as soon as there is some,
+    /// or after `wait`. With `until_idle` it also answers at once when no job
+    /// is open (an older aggregator ignores the flag and always does).
+    pub async fn poll(&self, wait: Duration, until_idle: bool) -> anyhow::Result<PollResponse> {
         let response = self
             .http
             .get(format!(
-                "{}{}?wait={}",
+                "{}{}?wait={}{}",
                 self.base,
                 paths::WORK,
-                wait.as_secs()
+                wait.as_secs(),
+                if until_idle { "&until_idle=true" } else { "" }
             ))
             .timeout(wait + Duration::from_secs(20))
             .send()
@@ -230,5 +259,24 @@ impl Client {
                 Self::check(response).await?.json().await?,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    #[test]
+    fn retry_after_reads_seconds_and_ignores_the_rest() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, HeaderValue::from_static(v));
+            retry_after(&h)
+        };
+        assert_eq!(with("3"), Some(Duration::from_secs(3)));
+        assert_eq!(with("86400"), Some(Duration::from_secs(300)));
+        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
     }
 }

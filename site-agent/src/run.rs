@@ -15,7 +15,7 @@ use fedslice::train::CheckpointFile;
 use fedslice::wire::{self, DecodeLimits};
 use rand::Rng;
 
-use crate::client::{Client, Refused};
+use crate::client::{Client, Refused, Throttled};
 use crate::config::SiteConfig;
 use crate::payload_log::PayloadLog;
 use crate::progress::Bars;
@@ -27,28 +27,62 @@ pub struct RunOptions {
     pub poll_wait: Duration,
 }
 
-/// Jittered exponential backoff for transient failures.
+/// Jittered exponential backoff for transient failures. A 429 waits at least
+/// the aggregator's `Retry-After`, and a streak of them is one warning: being
+/// told to slow down again on every retry is not news for the site's log.
 struct Backoff {
     attempt: u32,
+    /// The current 429 streak has been warned about; a success ends it.
+    throttle_warned: bool,
 }
 
 impl Backoff {
     fn new() -> Self {
-        Self { attempt: 0 }
+        Self {
+            attempt: 0,
+            throttle_warned: false,
+        }
     }
     fn reset(&mut self) {
         self.attempt = 0;
+        self.throttle_warned = false;
     }
-    async fn wait(&mut self, why: &anyhow::Error) {
+    /// How long to wait after `why` (`jitter` in 0.5..1.5), and whether to
+    /// warn about it.
+    fn next(&mut self, why: &anyhow::Error, jitter: f64) -> (Duration, bool) {
         let base = Duration::from_millis(500)
             .saturating_mul(1 << self.attempt.min(7))
             .min(Duration::from_secs(60));
-        let jitter = rand::rng().random_range(0.5..1.5);
-        let delay = base.mul_f64(jitter);
+        let mut delay = base.mul_f64(jitter);
         self.attempt += 1;
-        tracing::warn!("{why:#}; retrying in {:.1} s", delay.as_secs_f64());
+        let warn = match why.downcast_ref::<Throttled>() {
+            Some(throttled) => {
+                if let Some(after) = throttled.retry_after {
+                    delay = delay.max(after);
+                }
+                !std::mem::replace(&mut self.throttle_warned, true)
+            }
+            None => true,
+        };
+        (delay, warn)
+    }
+    async fn wait(&mut self, why: &anyhow::Error) {
+        let jitter = rand::rng().random_range(0.5..1.5);
+        let (delay, warn) = self.next(why, jitter);
+        if warn {
+            tracing::warn!("{why:#}; retrying in {:.1} s", delay.as_secs_f64());
+        } else {
+            tracing::debug!("{why:#}; retrying in {:.1} s", delay.as_secs_f64());
+        }
         tokio::time::sleep(delay).await;
     }
+}
+
+/// The least time between two polls that found no work. A current aggregator
+/// holds such a poll for the whole wait; one from before issue 15 answered at
+/// once when no job was open, and the agent must not spin against it.
+fn idle_poll_floor(poll_wait: Duration) -> Duration {
+    poll_wait.clamp(Duration::from_secs(1), Duration::from_secs(5))
 }
 
 /// The file-name stem of a round's local files: a digest of the job id, never
@@ -136,10 +170,21 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         let log = PayloadLog::new(&config.cache_dir);
         let mut backoff = Backoff::new();
         let mut last_wait = String::new();
+        // The first poll is answered at once, so the log says from the start
+        // whether the site has work or waits; later ones wait for news.
+        let mut first = true;
         loop {
-            let poll = match client.poll(options.poll_wait).await {
+            let asked = Instant::now();
+            let first_poll = first;
+            let wait = if first_poll {
+                Duration::ZERO
+            } else {
+                options.poll_wait
+            };
+            let poll = match client.poll(wait, options.until_idle).await {
                 Ok(poll) => {
                     backoff.reset();
+                    first = false;
                     poll
                 }
                 Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
@@ -169,9 +214,17 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
                 }
                 None => {
                     let why = poll.waiting_for.unwrap_or_else(|| "a job".into());
+                    // Once per change of state, not per poll: an idle site
+                    // says "waiting for a job" once and is then quiet.
                     if why != last_wait {
                         tracing::info!("waiting for {why}");
                         last_wait = why;
+                    }
+                    let floor = idle_poll_floor(options.poll_wait);
+                    if let Some(rest) = floor.checked_sub(asked.elapsed())
+                        && !first_poll
+                    {
+                        tokio::time::sleep(rest).await;
                     }
                 }
             }
@@ -326,6 +379,45 @@ mod tests {
             assert!(stems.insert(stem), "{job}");
         }
         assert_ne!(round_stem("job-1", 1), round_stem("job-1", 2));
+    }
+
+    #[test]
+    fn a_429_streak_waits_as_told_and_warns_once() {
+        let throttled = |secs: Option<u64>| {
+            anyhow::Error::from(Throttled {
+                retry_after: secs.map(Duration::from_secs),
+                message: "slow down".into(),
+            })
+        };
+        let mut backoff = Backoff::new();
+        let (delay, warn) = backoff.next(&throttled(Some(3)), 1.0);
+        assert_eq!((delay, warn), (Duration::from_secs(3), true));
+        for _ in 0..20 {
+            let (delay, warn) = backoff.next(&throttled(Some(3)), 0.5);
+            assert!(delay >= Duration::from_secs(3), "{delay:?}");
+            assert!(!warn, "one warning per streak");
+        }
+        // Without Retry-After, the exponential backoff alone applies.
+        let (delay, warn) = backoff.next(&throttled(None), 1.0);
+        assert_eq!((delay, warn), (Duration::from_secs(60), false));
+        // Other failures are still warned about every time.
+        assert!(backoff.next(&anyhow::anyhow!("connection refused"), 1.0).1);
+        // A success ends the streak: the next 429 is news again.
+        backoff.reset();
+        assert!(backoff.next(&throttled(Some(3)), 1.0).1);
+    }
+
+    #[test]
+    fn idle_polls_never_spin() {
+        assert_eq!(idle_poll_floor(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            idle_poll_floor(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            idle_poll_floor(Duration::from_secs(25)),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]

@@ -90,7 +90,7 @@ async fn site_round(
 ) -> anyhow::Result<usize> {
     loop {
         let t = Instant::now();
-        let poll = client.poll(Duration::from_secs(5)).await?;
+        let poll = client.poll(Duration::from_secs(5), false).await?;
         // A poll without work waited on purpose (long-poll): not a latency.
         let Some(work) = poll.work else {
             continue;
@@ -189,7 +189,11 @@ pub fn run(sites: usize, preset: &str, rounds: u32, work: &Path) -> anyhow::Resu
             .collect::<anyhow::Result<Vec<_>>>()?;
         // Wait until the service answers.
         let started = Instant::now();
-        while clients[0].poll(Duration::from_secs(0)).await.is_err() {
+        while clients[0]
+            .poll(Duration::from_secs(0), false)
+            .await
+            .is_err()
+        {
             anyhow::ensure!(
                 started.elapsed() < Duration::from_secs(30),
                 "aggregator did not start"
@@ -208,9 +212,10 @@ pub fn run(sites: usize, preset: &str, rounds: u32, work: &Path) -> anyhow::Resu
             )
             .await?;
             update_bytes = sizes.first().copied().unwrap_or(0);
-            // The round is over once the next one is open (or the job has finished).
+            // The round is over once the next one is open (or the job has
+            // finished: `until_idle` has that answered at once, not after 5 s).
             loop {
-                let poll = clients[0].poll(Duration::from_secs(5)).await?;
+                let poll = clients[0].poll(Duration::from_secs(5), true).await?;
                 if poll.open_jobs == 0 || poll.work.as_ref().is_some_and(|w| w.round > round) {
                     break;
                 }

@@ -129,6 +129,19 @@ impl Consortium {
         }
     }
 
+    /// SIGTERM, as systemd stops the service; returns how long it took to exit.
+    pub fn terminate_server(&mut self, limit: Duration) -> Duration {
+        let pid = self.server.as_ref().expect("server running").id();
+        let sent = Instant::now();
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status()
+            .expect("run sh");
+        assert!(status.success(), "kill -TERM failed");
+        self.wait_server_exit(limit);
+        sent.elapsed()
+    }
+
     /// Waits for the server to exit on its own (an injected crash) and
     /// returns how it ended.
     pub fn wait_server_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
@@ -163,16 +176,16 @@ impl Consortium {
 
     /// Starts `site-agent run --until-idle` for a bundle.
     pub fn spawn_agent(&self, bundle: &Path) -> Child {
+        self.spawn_agent_with(bundle, &["--until-idle", "--poll-wait", "2"])
+    }
+
+    /// Starts `site-agent run <options>` for a bundle, logging to its `agent.log`.
+    pub fn spawn_agent_with(&self, bundle: &Path, options: &[&str]) -> Child {
         let log = std::fs::File::create(bundle.join("agent.log")).expect("log file");
         fedslice()
-            .args([
-                "site-agent",
-                "run",
-                "--until-idle",
-                "--poll-wait",
-                "2",
-                "--config",
-            ])
+            .args(["site-agent", "run"])
+            .args(options)
+            .arg("--config")
             .arg(bundle.join("site.toml"))
             .stdout(Stdio::piped())
             .stderr(log)
