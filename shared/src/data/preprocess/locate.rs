@@ -7,9 +7,11 @@
 //! in the middle of the leg's anterior–posterior extent, near the joint line
 //! at the vertical middle of a knee field of view, and in the slices at the
 //! middle of the knee's medial–lateral extent. So the locator separates tissue
-//! from air (Otsu's threshold on the mean projection over slices) and takes
-//! robust centres (medians) of the tissue in each direction. It decides only
-//! the centre; how large a window to keep around it is the caller's recipe.
+//! from air (Otsu's threshold on the logarithm of the mean projection over
+//! slices), takes the median midpoint between the leg's outer edges as the
+//! anterior–posterior centre, and robust centres (medians) of the tissue in
+//! the other two directions. It decides only the centre; how large a window
+//! to keep around it is the caller's recipe.
 
 use crate::data::Volume;
 
@@ -49,7 +51,7 @@ pub fn knee_centre(volume: &Volume) -> KneeCentre {
     for p in &mut projection {
         *p /= d as f64;
     }
-    let threshold = otsu(&projection);
+    let threshold = tissue_threshold(&projection);
     let tissue: Vec<bool> = projection.iter().map(|&p| p > threshold).collect();
     let count = tissue.iter().filter(|&&t| t).count();
     let tissue_fraction = count as f64 / n as f64;
@@ -98,9 +100,59 @@ pub fn knee_centre(volume: &Volume) -> KneeCentre {
     KneeCentre {
         slice: weighted_median(&slice_area).unwrap_or(centre.slice),
         row: weighted_median(&row_counts).unwrap_or(centre.row),
-        col: weighted_median(&col_counts).unwrap_or(centre.col),
+        col: leg_midline(&tissue, h, w)
+            .or_else(|| weighted_median(&col_counts))
+            .unwrap_or(centre.col),
         tissue_fraction,
     }
+}
+
+/// The median over rows of the midpoint between the leg's outer edges. The
+/// tissue mask's interior depends on the contrast (fat-suppressed marrow and
+/// fat fall below the threshold and leave holes on one side of the leg),
+/// but its outer edges are the skin under any contrast.
+fn leg_midline(tissue: &[bool], h: usize, w: usize) -> Option<f64> {
+    // A run this long is skin and tissue, not a noise speck in the air.
+    const RUN: usize = 3;
+    let first_run = |row: &[bool], reversed: bool| -> Option<usize> {
+        let mut run = 0;
+        for i in 0..w {
+            let x = if reversed { w - 1 - i } else { i };
+            run = if row[x] { run + 1 } else { 0 };
+            if run == RUN {
+                return Some(if reversed { x + RUN - 1 } else { x + 1 - RUN });
+            }
+        }
+        None
+    };
+    let mut midpoints: Vec<f64> = (0..h)
+        .filter_map(|y| {
+            let row = &tissue[y * w..(y + 1) * w];
+            let (left, right) = (first_run(row, false)?, first_run(row, true)?);
+            Some((left + right) as f64 / 2.0)
+        })
+        .collect();
+    if midpoints.is_empty() {
+        return None;
+    }
+    midpoints.sort_unstable_by(f64::total_cmp);
+    Some(midpoints[midpoints.len() / 2])
+}
+
+/// Otsu's threshold on the logarithm of the projection. On a linear scale a
+/// fat-suppressed knee's histogram has its widest gap between bright fluid
+/// and everything else, and Otsu split off a few percent of bright tissue
+/// instead of the leg; air is noise, orders of magnitude darker than any
+/// tissue, and the logarithm makes that the widest gap.
+fn tissue_threshold(projection: &[f64]) -> f64 {
+    let top = projection.iter().copied().fold(0.0, f64::max);
+    if top <= 0.0 {
+        return 0.0;
+    }
+    // Keeps exact zeros (padding, masked air) from stretching the log scale.
+    let floor = top * 1e-4;
+    let logs: Vec<f64> = projection.iter().map(|&p| p.max(floor).ln()).collect();
+    otsu(&logs).exp()
 }
 
 /// Otsu's threshold over 256 bins between the 0.5th and 99.5th percentiles,
@@ -205,6 +257,32 @@ mod tests {
             *p = *p * 13.0 + 100.0;
         }
         assert_eq!(knee_centre(&v), knee_centre(&scaled));
+    }
+
+    #[test]
+    fn a_dim_fat_suppressed_leg_is_found_not_its_bright_fluid() {
+        // Dim leg (cols 20..60) with suppressed marrow on its anterior half
+        // and a small bright fluid pocket; on a linear scale Otsu's widest
+        // gap is between the fluid and everything else.
+        let (d, h, w) = (8, 64, 80);
+        let mut v = block(d, h, w, (0, d), (0, h), (20, 60));
+        for z in 0..d {
+            for y in 0..h {
+                for x in 20..60 {
+                    let noise = ((z * 31 + y * 17 + x * 7) % 5) as f32;
+                    let value = match x {
+                        50..56 if (28..36).contains(&y) => 2000.0,
+                        20..24 => 30.0,
+                        24..40 => 6.0,
+                        _ => 25.0,
+                    };
+                    v.voxels[(z * h + y) * w + x] = value + noise;
+                }
+            }
+        }
+        let c = knee_centre(&v);
+        assert!((c.col - 39.5).abs() < 2.0, "{c:?}");
+        assert!(c.tissue_fraction > 0.4, "{c:?}");
     }
 
     #[test]
