@@ -65,6 +65,38 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// An HTTPS server for clients outside the federation (`site-agent serve-model`, called by
+/// hospital workflow engines): TLS 1.2 and 1.3 with rustls' safe defaults, because those
+/// clients are not ours to upgrade. With `client_ca_pem`, only clients holding a certificate
+/// from that CA complete the handshake; without it, any client may connect and the caller
+/// must authenticate requests some other way (a bearer token).
+pub fn https_server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: Option<&str>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let chain = load_certs(cert_pem, "server certificate")?;
+    let key = load_key(key_pem)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?;
+    let builder = match client_ca_pem {
+        Some(ca_pem) => {
+            let roots = Arc::new(root_store(ca_pem)?);
+            builder.with_client_cert_verifier(
+                WebPkiClientVerifier::builder_with_provider(roots, provider).build()?,
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(TlsError::CertKey)?;
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Site side: trusts only the federation CA (never the system roots), and always presents
 /// the site certificate because the aggregator refuses anonymous clients.
 ///

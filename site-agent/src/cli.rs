@@ -55,18 +55,42 @@ pub enum Command {
         #[arg(long, default_value = "flex")]
         device: String,
     },
-    /// Serve a classifier bundle over HTTP inside the hospital: POST /v1/predict (multipart DICOM, tar, zip or one DICOM file), GET /health, GET /v1/model.
+    /// Serve a classifier bundle over HTTP(S) inside the hospital: POST /v1/predict (multipart DICOM, tar, zip or one DICOM file), GET /health, GET /v1/model.
+    /// Loopback only unless TLS and a token or client certificates are set up (see README, "Serving the model safely").
     ServeModel {
         #[arg(long)]
         model: PathBuf,
-        /// Address to listen on, e.g. 127.0.0.1:8080.
-        #[arg(long)]
+        /// Address to listen on. An address other machines can reach needs --tls-cert/--tls-key and
+        /// --token-file or --client-ca (or --insecure-no-auth).
+        #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// Largest request body accepted, in MiB.
-        #[arg(long, default_value_t = 512)]
+        /// Largest request body accepted, in MiB (one series rarely needs more than a few tens).
+        #[arg(long, default_value_t = 64)]
         max_body_mb: usize,
         #[arg(long, default_value = "flex")]
         device: String,
+        /// File whose first line is the token callers must send as `Authorization: Bearer <token>`
+        /// (at least 16 printable ASCII characters; /health needs none).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// PEM certificate chain: serve HTTPS instead of HTTP.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// PEM CA certificate(s): clients must present a certificate issued by one of them.
+        #[arg(long, requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
+        /// Serve an address other machines can reach without TLS and authentication anyway.
+        #[arg(long)]
+        insecure_no_auth: bool,
+        /// Prediction requests handled at once; more are answered 503 with Retry-After.
+        #[arg(long, default_value_t = 4)]
+        max_concurrent: usize,
+        /// Seconds a prediction request may take, upload and inference together; then 408.
+        #[arg(long, default_value = "120", value_parser = crate::dicom_node::parse_quiet_period)]
+        request_timeout: Duration,
     },
     /// Run a DICOM node (C-STORE / C-ECHO SCP) that classifies each MR series a PACS or router sends it,
     /// writing result.json and a Comprehensive SR beside the series and optionally sending the SR on.
@@ -172,11 +196,24 @@ fn run(command: Command) -> anyhow::Result<()> {
             listen,
             max_body_mb,
             device,
+            token_file,
+            tls_cert,
+            tls_key,
+            client_ca,
+            insecure_no_auth,
+            max_concurrent,
+            request_timeout,
         } => crate::serve_model::run(crate::serve_model::ServeModelOptions {
             model,
             listen,
             max_body_bytes: max_body_mb.saturating_mul(1 << 20),
             device,
+            token_file,
+            tls_cert_key: tls_cert.zip(tls_key),
+            client_ca,
+            insecure_no_auth,
+            max_concurrent,
+            request_timeout,
         }),
         Command::DicomNode {
             model,

@@ -7,22 +7,33 @@
 //! into a private temporary folder under flat generated names (an archive's
 //! own paths are never used), and deleted after the answer. One inference
 //! runs at a time on a blocking thread; the rest wait their turn.
+//!
+//! Access (see `access`): loopback by default; a reachable address needs TLS
+//! and a bearer token or client certificates unless `--insecure-no-auth`.
+//! Predictions in progress, their duration, the body size, the connections
+//! and the time to send request headers are all bounded.
+
+mod access;
 
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::extract::{DefaultBodyLimit, Extension, Multipart, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use fedslice::device::{self, BackendKind};
 use fedslice::export::predict::{PredictError, Predictor};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 /// Options of `serve-model`.
 pub struct ServeModelOptions {
@@ -30,7 +41,26 @@ pub struct ServeModelOptions {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub device: String,
+    /// Bearer token callers must send (`--token-file`).
+    pub token_file: Option<PathBuf>,
+    /// Certificate and key for HTTPS (`--tls-cert`, `--tls-key`).
+    pub tls_cert_key: Option<(PathBuf, PathBuf)>,
+    /// Clients must present a certificate from this CA (`--client-ca`).
+    pub client_ca: Option<PathBuf>,
+    /// Serve a reachable address without TLS and authentication anyway.
+    pub insecure_no_auth: bool,
+    /// Prediction requests in progress at once.
+    pub max_concurrent: usize,
+    /// Longest a prediction request may take, upload and inference together.
+    pub request_timeout: Duration,
 }
+
+/// Open connections at once; more are closed unanswered. Each is cheap, but
+/// not free, and unauthenticated peers can open them.
+const MAX_CONNECTIONS: usize = 256;
+/// A client has this long to send its request headers (slow-loris bound).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// At most this many files in one upload.
 const MAX_FILES: usize = 4096;
@@ -103,6 +133,36 @@ fn scrub(message: &str) -> String {
 }
 
 pub fn run(options: ServeModelOptions) -> anyhow::Result<()> {
+    // Access settings first: a refused configuration fails before the model loads.
+    if options.client_ca.is_some() && options.tls_cert_key.is_none() {
+        anyhow::bail!("--client-ca needs --tls-cert and --tls-key");
+    }
+    if options.max_concurrent == 0 {
+        anyhow::bail!("--max-concurrent must be at least 1");
+    }
+    let token = options
+        .token_file
+        .as_deref()
+        .map(access::Token::load)
+        .transpose()?;
+    let tls = options
+        .tls_cert_key
+        .as_ref()
+        .map(|(cert, key)| {
+            access::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: options.client_ca.clone(),
+            }
+            .server_config()
+        })
+        .transpose()?;
+    access::check_exposure(
+        options.listen,
+        tls.is_some(),
+        token.is_some() || options.client_ca.is_some(),
+        options.insecure_no_auth,
+    )?;
     let kind: BackendKind = options.device.parse()?;
     let device = device::open(kind)?;
     let predictor = Predictor::open(&options.model, &device)
@@ -126,32 +186,141 @@ pub fn run(options: ServeModelOptions) -> anyhow::Result<()> {
         model_info,
         max_unpacked_bytes: (options.max_body_bytes as u64).saturating_mul(4),
     });
-    let app = router(state, options.max_body_bytes);
+    let limits = Arc::new(access::Limits {
+        slots: Arc::new(Semaphore::new(options.max_concurrent)),
+        max_concurrent: options.max_concurrent,
+        timeout: options.request_timeout,
+        max_body_bytes: options.max_body_bytes,
+    });
+    let app = router(state, limits, token.map(Arc::new));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(options.listen)
             .await
             .with_context(|| format!("listening on {}", options.listen))?;
         let local = listener.local_addr()?;
-        tracing::info!("serving the model on http://{local} (POST /v1/predict)");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(
+            "serving the model on {scheme}://{local} (POST /v1/predict); token: {}, client certificates: {}",
+            if options.token_file.is_some() { "required" } else { "none" },
+            if options.client_ca.is_some() { "required" } else { "none" },
+        );
         println!("listening on {local}");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serving HTTP")
+        serve(listener, app, tls.map(TlsAcceptor::from), options.request_timeout).await;
+        Ok(())
     })
 }
 
-fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+/// Accepts connections until Ctrl-C, then lets requests in progress finish
+/// (up to one request timeout) before returning.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    request_timeout: Duration,
+) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (stop, stopped) = watch::channel(false);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut ctrl_c => break,
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            tracing::warn!(%peer, "connection closed unanswered: {MAX_CONNECTIONS} already open");
+            continue;
+        };
+        let app = app.clone();
+        let tls = tls.clone();
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_connection(TokioIo::new(tcp), app, stopped, peer).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(TokioIo::new(stream), app, stopped, peer).await
+                        }
+                        Ok(Err(e)) => tracing::warn!(%peer, "TLS handshake refused: {e}"),
+                        Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    tracing::info!("stopping: finishing the requests in progress");
+    let _ = stop.send(true);
+    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    if tokio::time::timeout(request_timeout, connections.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopped with requests still in progress");
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    app: Router,
+    mut stopped: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(io, TowerToHyperService::new(app));
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopped.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// `/health` stays open (it says only "ok") so that probes need no secret;
+/// `/v1/*` needs the token when one is set, and predictions are limited.
+fn router(
+    state: Arc<AppState>,
+    limits: Arc<access::Limits>,
+    token: Option<Arc<access::Token>>,
+) -> Router {
+    let max_body_bytes = limits.max_body_bytes;
+    let predict_route = Router::new()
+        .route("/v1/predict", post(predict))
+        .route_layer(axum::middleware::from_fn_with_state(limits, access::limit));
+    let mut api = Router::new()
+        .route("/v1/model", get(model_info))
+        .merge(predict_route);
+    if let Some(token) = token {
+        api = api.route_layer(axum::middleware::from_fn_with_state(
+            token,
+            access::require_token,
+        ));
+    }
     Router::new()
         .route(
             "/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
-        .route("/v1/model", get(model_info))
-        .route("/v1/predict", post(predict))
+        .merge(api)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -192,6 +361,7 @@ fn upload_kind(headers: &HeaderMap) -> Result<Upload, ApiError> {
 
 async fn predict(
     State(state): State<Arc<AppState>>,
+    Extension(slot): Extension<access::Slot>,
     headers: HeaderMap,
     request: axum::extract::Request,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -234,6 +404,7 @@ async fn predict(
     let state2 = Arc::clone(&state);
     let path = folder.path().to_path_buf();
     let result = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let predictor = state2.predictor.lock().map_err(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
