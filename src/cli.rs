@@ -38,13 +38,15 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// A `fedslice train` run folder (holds model/ and report.json).
+    /// A `fedslice train` run folder (its model/ is copied; an older run's model/ is converted).
     #[arg(long = "from")]
     pub from: PathBuf,
     /// The bundle folder to write (replaced whole if it exists).
     #[arg(long)]
     pub out: PathBuf,
-    /// The training report, if not RUN_DIR/report.json.
+    /// Recompute the validation from this training report instead of using the
+    /// one train recorded in RUN_DIR/model (an older run's model/ needs it;
+    /// default there: RUN_DIR/report.json).
     #[arg(long)]
     pub report: Option<PathBuf>,
 }
@@ -152,7 +154,7 @@ pub struct TrainArgs {
     /// Seed for splits, initialisation order and augmentation.
     #[arg(long = "train-seed", default_value_t = 0)]
     pub train_seed: u64,
-    /// Run folder for the checkpoint, config and report (default: runs/<time>).
+    /// Run folder for the model bundle (RUN_DIR/model) and report (default: runs/<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Report JSON path (default: RUN_DIR/report.json).

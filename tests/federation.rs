@@ -17,7 +17,7 @@ use common::{Consortium, phantom_as};
 use fedslice::data::cohort;
 use fedslice::data::preprocess::prepare;
 use fedslice::device::{self, BackendKind};
-use fedslice::export::open_classifier;
+use fedslice::export::Bundle;
 use site_agent::payload_log::PayloadLog;
 
 #[test]
@@ -128,7 +128,11 @@ fn three_sites_pretrain_and_finetune_over_mutual_tls() {
         &model_dir.display().to_string(),
     ]);
     let device = device::open(BackendKind::Flex).expect("flex device");
-    let (classifier, meta) = open_classifier(&model_dir, &device).expect("load exported model");
+    let Bundle {
+        model: classifier,
+        config: meta,
+        ..
+    } = Bundle::open(&model_dir, &device).expect("load exported model");
     let test: Vec<_> = sites
         .iter()
         .flat_map(|s| s.valid.iter())

@@ -14,7 +14,7 @@ use fedslice::data::cohort::{self, SiteData};
 use fedslice::data::preprocess::PreparedExam;
 use fedslice::device::{self, BackendKind};
 use fedslice::experiment::{self, ExperimentConfig};
-use fedslice::export::open_classifier;
+use fedslice::export::Bundle;
 use fedslice::metrics;
 use fedslice::protocol::JobSpec;
 use fedslice::train;
@@ -334,7 +334,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         &model_dir.display().to_string(),
     ])?;
     let device = device::open(BackendKind::Flex)?;
-    let (classifier, meta) = open_classifier(&model_dir, &device)?;
+    let Bundle {
+        model: classifier,
+        config: meta,
+        ..
+    } = Bundle::open(&model_dir, &device)?;
     let test = super::evaluate::held_out(&sites, &meta.preprocess);
     let labels: Vec<bool> = test.iter().filter_map(|e| e.label).collect();
     let scores = train::predict(&classifier, &test, &device);

@@ -9,7 +9,7 @@ use fedslice::data::Exam;
 use fedslice::data::cohort::{self, SiteData};
 use fedslice::data::preprocess::{PreparedExam, PreprocessConfig, prepare};
 use fedslice::device::{self, BackendKind};
-use fedslice::export::open_classifier;
+use fedslice::export::Bundle;
 use fedslice::metrics::{self, Evaluation};
 
 use crate::cli::EvaluateArgs;
@@ -52,7 +52,11 @@ pub fn evaluate(
     data: &Path,
     device: &burn::tensor::Device,
 ) -> anyhow::Result<(Evaluation, usize, f64)> {
-    let (classifier, meta) = open_classifier(model_dir, device)
+    let Bundle {
+        model: classifier,
+        config: meta,
+        ..
+    } = Bundle::open(model_dir, device)
         .with_context(|| format!("loading the classifier in {}", model_dir.display()))?;
     let sites = cohort::load_sites(data)
         .with_context(|| format!("loading exams from {}", data.display()))?;

@@ -5,7 +5,7 @@ use fedslice::data::cohort;
 use fedslice::data::preprocess::{PreparedExam, prepare};
 use fedslice::device::{self, BackendKind};
 use fedslice::experiment::{self, ExperimentReport};
-use fedslice::model::{ClassifierMeta, save_classifier};
+use fedslice::export::{BundleConfig, write_bundle};
 
 use crate::cli::TrainArgs;
 use site_agent::progress::Bars;
@@ -80,15 +80,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 
     let (classifier, report) = experiment::run(train, test, &config, &device, &mut Bars::new())?;
 
+    // The run's model is a full bundle, the one format predict, evaluate and
+    // export read, with its validation already in provenance.json: it does
+    // not depend on the report staying beside it.
     let model_dir = run_dir.join("model");
-    save_classifier(
-        &model_dir,
-        &classifier,
-        &ClassifierMeta {
-            plane: args.plane,
-            ..ClassifierMeta::new(config.model.clone(), preprocess, report.threshold)
-        },
-    )?;
+    let bundle_config = BundleConfig::new(
+        config.model.clone(),
+        preprocess,
+        args.plane,
+        report.threshold,
+        super::export::THRESHOLD_SOURCE,
+    );
+    let provenance = super::export::provenance(&run_dir, &report, report.threshold);
+    write_bundle(&model_dir, &classifier, &bundle_config, &provenance)
+        .with_context(|| format!("writing the model bundle to {}", model_dir.display()))?;
     let report_path = args
         .report
         .clone()

@@ -16,7 +16,7 @@ use super::timm::{LayoutError, from_bundle_layout, to_bundle_layout};
 use crate::data::plane::Plane;
 use crate::data::preprocess::PreprocessConfig;
 use crate::federated::{from_tensor_map, to_tensor_map};
-use crate::model::{ClassifierConfig, ClassifierMeta, ExamClassifier, SliceEmbedding, VitConfig};
+use crate::model::{ClassifierConfig, ExamClassifier, SliceEmbedding, VitConfig};
 use crate::wire::{self, Dtype, TensorMap};
 
 pub const FORMAT: &str = "fedslice-classifier-bundle";
@@ -54,6 +54,10 @@ pub enum BundleError {
         "{path}: bundle format version {found} is not supported (this build reads {FORMAT_VERSION})"
     )]
     UnknownVersion { path: PathBuf, found: u32 },
+    #[error(
+        "{path} was written by `fedslice train` before it saved bundles; convert the run with `fedslice export --from RUN_DIR --out BUNDLE` and use BUNDLE"
+    )]
+    LegacyCheckpoint { path: PathBuf },
     #[error("{dir}: config.json does not describe the tensors in model.safetensors: {reason}")]
     ConfigMismatch { dir: PathBuf, reason: String },
     #[error(transparent)]
@@ -283,6 +287,7 @@ pub struct Bundle {
     pub dir: PathBuf,
     pub config: BundleConfig,
     pub model: ExamClassifier,
+    pub provenance: Provenance,
     /// SHA-256 of `model.safetensors`.
     pub weights_sha256: String,
     /// SHA-256 of `SHA256SUMS`, which covers every file: one id for the whole bundle.
@@ -292,6 +297,11 @@ pub struct Bundle {
 impl Bundle {
     /// Verifies and loads the bundle in `dir` onto `device`.
     pub fn open(dir: &Path, device: &Device) -> Result<Self, BundleError> {
+        if is_legacy_checkpoint(dir) {
+            return Err(BundleError::LegacyCheckpoint {
+                path: dir.join(CONFIG_FILE),
+            });
+        }
         let files = verify_digests(dir)?;
         let config_path = dir.join(CONFIG_FILE);
         let config_bytes = &files[CONFIG_FILE];
@@ -330,6 +340,12 @@ impl Bundle {
                 file: onnx.file.clone(),
             });
         }
+        let provenance_path = dir.join(PROVENANCE_FILE);
+        let provenance =
+            serde_json::from_slice(&files[PROVENANCE_FILE]).map_err(|e| BundleError::Invalid {
+                path: provenance_path,
+                reason: e.to_string(),
+            })?;
         let mismatch = |reason: String| BundleError::ConfigMismatch {
             dir: dir.to_path_buf(),
             reason,
@@ -345,8 +361,23 @@ impl Bundle {
             bundle_sha256: wire::digest(&files[SUMS_FILE]),
             config,
             model,
+            provenance,
         })
     }
+}
+
+/// Whether `dir` holds the classifier format `fedslice train` wrote before it
+/// wrote bundles: no `SHA256SUMS`, and a `config.json` with the old `model`
+/// key instead of `format`. Only to name the problem and its fix; such a
+/// folder is never loaded as a bundle.
+fn is_legacy_checkpoint(dir: &Path) -> bool {
+    if dir.join(SUMS_FILE).exists() {
+        return false;
+    }
+    std::fs::read(dir.join(CONFIG_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|v| v.get("model").is_some() && v.get("format").is_none())
 }
 
 /// Reads `SHA256SUMS` and every file it lists, checking each digest. Returns
@@ -408,47 +439,4 @@ pub fn verify_digests(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, BundleErr
     }
     files.insert(SUMS_FILE.to_owned(), sums);
     Ok(files)
-}
-
-impl BundleConfig {
-    /// The bundle config for a classifier saved by training (`ClassifierMeta`).
-    pub fn from_meta(meta: &ClassifierMeta, threshold_source: impl Into<String>) -> Self {
-        Self::new(
-            meta.model.clone(),
-            meta.preprocess.clone(),
-            meta.plane,
-            meta.threshold,
-            threshold_source,
-        )
-    }
-
-    /// What training-side code (evaluation, the demo) needs from a bundle.
-    pub fn to_meta(&self) -> ClassifierMeta {
-        let mut meta = ClassifierMeta::new(
-            self.architecture.clone(),
-            self.preprocess.clone(),
-            self.threshold,
-        );
-        meta.plane = self.plane;
-        meta.labels = self.labels.clone();
-        meta
-    }
-}
-
-/// Loads a classifier from either an exported bundle (verified) or a
-/// training checkpoint folder (`model.safetensors` + `config.json` in burn's
-/// layout, as `fedslice train` writes into RUN_DIR/model).
-pub fn open_classifier(
-    dir: &Path,
-    device: &Device,
-) -> Result<(ExamClassifier, ClassifierMeta), BundleError> {
-    if dir.join(SUMS_FILE).exists() {
-        let bundle = Bundle::open(dir, device)?;
-        let meta = bundle.config.to_meta();
-        return Ok((bundle.model, meta));
-    }
-    crate::model::load_classifier(dir, device).map_err(|e| BundleError::Invalid {
-        path: dir.to_path_buf(),
-        reason: format!("neither a bundle (no SHA256SUMS) nor a training checkpoint: {e}"),
-    })
 }

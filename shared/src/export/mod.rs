@@ -12,5 +12,5 @@ pub mod predict;
 pub mod sr;
 pub mod timm;
 
-pub use bundle::{Bundle, BundleConfig, BundleError, open_classifier, write_bundle};
+pub use bundle::{Bundle, BundleConfig, BundleError, write_bundle};
 pub use card::{Origin, Provenance, ValidationRow, unix_now};

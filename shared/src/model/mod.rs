@@ -8,10 +8,7 @@ mod config;
 mod recon_head;
 mod vit;
 
-pub use checkpoint::{
-    CheckpointError, ClassifierMeta, load_classifier, load_safetensors, save_classifier,
-    save_safetensors,
-};
+pub use checkpoint::{CheckpointError, load_safetensors, save_safetensors};
 pub use classifier::ExamClassifier;
 pub use config::{ClassifierConfig, SliceEmbedding, SlicePooling, UnknownPreset, VitConfig};
 pub use recon_head::ReconstructionHead;
