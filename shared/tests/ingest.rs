@@ -222,14 +222,22 @@ fn plane_selection_reports_missing_sagittal() {
 #[test]
 fn scan_groups_studies_and_reports_bad_files() {
     let scan = scan_dir(&fixture("dicom/pydicom")).unwrap();
-    // The six MR_small variants share UIDs: one study, one series whose
-    // identical positions make it invalid as a volume, plus a precise reason.
+    // The six MR_small variants share UIDs: one study, one series. The
+    // truncated file is skipped with its reason; the other five are one SOP
+    // instance in five encodings that decode alike, so one slice remains.
     assert_eq!(scan.studies.len(), 1);
+    assert!(
+        scan.skipped
+            .iter()
+            .any(|s| s.path.ends_with("MR_truncated.dcm")),
+        "{:?}",
+        scan.skipped
+    );
     let entry = &scan.studies[0].series[0];
-    assert!(matches!(
-        entry.layout,
-        Err(DicomError::DuplicateSlicePositions { .. })
-    ));
+    match &entry.layout {
+        Ok(l) => assert_eq!((l.info.depth, l.info.files), (1, 1)),
+        Err(e) => panic!("{e}"),
+    }
     // Identifiers never show in Debug output.
     let dbg = format!("{:?}", scan.studies[0]);
     assert!(!dbg.contains("1.3.6.1.4.1.5962"), "{dbg}");
@@ -466,6 +474,162 @@ fn dicom_round_trip_is_bit_exact() {
     assert!(scan.studies[0].patient_id.reveal().starts_with("PHANTOM"));
     let raw = std::fs::read(dir.join("s100")).unwrap();
     assert!(raw.windows(17).any(|w| w == b"PHANTOM^SYNTHETIC"));
+}
+
+// ---- one SOP instance present twice (issue 14, "odd but honest input") ----
+
+const BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+
+/// Writes a copy of `src` as `dst` in `transfer_syntax`, with the same
+/// SOPInstanceUID, after `edit` has had its way with the data set. Pixel Data
+/// is rebuilt as 16-bit words from `pixels` so that the big-endian encoder
+/// really byte-swaps it (a byte-valued element would be copied as is).
+fn copy_instance(
+    src: &Path,
+    dst: &Path,
+    transfer_syntax: &str,
+    pixels: &[f32],
+    edit: impl FnOnce(&mut dicom_object::InMemDicomObject),
+) {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::{tags, uids};
+    let file = dicom_object::open_file(src).unwrap();
+    let sop = file
+        .element(tags::SOP_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches('\0')
+        .to_string();
+    let mut obj = file.into_inner();
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(pixels.iter().map(|&v| v as u16).collect()),
+    ));
+    edit(&mut obj);
+    obj.with_meta(
+        dicom_object::meta::FileMetaTableBuilder::new()
+            .transfer_syntax(transfer_syntax)
+            .media_storage_sop_class_uid(uids::MR_IMAGE_STORAGE)
+            .media_storage_sop_instance_uid(&sop),
+    )
+    .unwrap()
+    .write_to_file(dst)
+    .unwrap();
+}
+
+/// A 5-slice phantom series in `dir`, and slice `z`'s voxels.
+fn series_with_copy_source(dir: &Path, z: usize) -> (Volume, Vec<f32>, PathBuf) {
+    let vol = phantom(5, 16, 12);
+    let written =
+        write_dicom_series(dir, &vol, PHANTOM_SPACING, &SeriesWriteOptions::default()).unwrap();
+    let n = vol.height * vol.width;
+    let slice = vol.voxels[z * n..(z + 1) * n].to_vec();
+    (vol, slice, written.files[z].clone())
+}
+
+#[test]
+fn same_instance_in_two_transfer_syntaxes_reads_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("exam");
+    let (vol, slice, src) = series_with_copy_source(&dir, 2);
+    // Sorts after IM00003.dcm, so the explicit little endian file is kept.
+    let copy = dir.join("IM00003_bigendian.dcm");
+    copy_instance(&src, &copy, BIG_ENDIAN, &slice, |_| {});
+
+    // The copy really is big endian and decodes to the same slice on its own.
+    let raw = std::fs::read(&copy).unwrap();
+    assert!(
+        raw.windows(BIG_ENDIAN.len())
+            .any(|w| w == BIG_ENDIAN.as_bytes())
+    );
+    assert_ne!(raw, std::fs::read(&src).unwrap());
+    let alone = read_one(&copy).unwrap();
+    assert_eq!(alone.info.transfer_syntaxes, vec![BIG_ENDIAN.to_string()]);
+    assert_eq!(alone.volume.voxels, slice);
+
+    let s = read_series_dir(&dir).unwrap();
+    assert_eq!(s.volume.depth, 5);
+    assert_eq!(s.volume, vol);
+    assert_eq!(s.info.files, 5);
+    assert_eq!(s.info.order, SliceOrder::Position);
+    assert!((s.info.spacing.slice - 3.5).abs() < 1e-6);
+}
+
+#[test]
+fn same_instance_with_different_pixels_is_refused_naming_both_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("exam");
+    let (_, mut slice, src) = series_with_copy_source(&dir, 2);
+    slice[17] += 1.0;
+    let copy = dir.join("IM00003_bigendian.dcm");
+    copy_instance(&src, &copy, BIG_ENDIAN, &slice, |_| {});
+
+    let err = read_series_dir(&dir).unwrap_err();
+    assert!(
+        matches!(err, DicomError::ConflictingDuplicate { .. }),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("IM00003.dcm"), "{msg}");
+    assert!(msg.contains("IM00003_bigendian.dcm"), "{msg}");
+    assert!(msg.contains("pixel data differs"), "{msg}");
+}
+
+#[test]
+fn same_instance_at_another_position_is_refused_naming_both_files() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("exam");
+    let (_, slice, src) = series_with_copy_source(&dir, 2);
+    let copy = dir.join("IM00003_moved.dcm");
+    copy_instance(&src, &copy, BIG_ENDIAN, &slice, |obj| {
+        obj.put(DataElement::new(
+            dicom_dictionary_std::tags::IMAGE_POSITION_PATIENT,
+            VR::DS,
+            PrimitiveValue::from("40\\0\\0"),
+        ));
+    });
+    let err = read_series_dir(&dir).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, DicomError::ConflictingDuplicate { .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("IM00003.dcm"), "{msg}");
+    assert!(msg.contains("IM00003_moved.dcm"), "{msg}");
+    assert!(msg.contains("ImagePositionPatient"), "{msg}");
+}
+
+#[test]
+fn one_instance_in_five_encodings_reads_as_one_slice() {
+    // Explicit LE, RLE, big endian, implicit LE and JPEG 2000 lossless copies
+    // of one SOP instance: identical once decoded, so one slice remains.
+    let files = [
+        "MR_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_jp2klossless.dcm",
+    ]
+    .map(|f| fixture(&format!("dicom/pydicom/{f}")));
+    let mut scan = scan_files(files);
+    assert!(scan.skipped.is_empty());
+    let series = scan.studies.remove(0).series.remove(0);
+    let s = series.layout.unwrap().load().unwrap();
+    assert_eq!(
+        (s.volume.depth, s.volume.height, s.volume.width),
+        (1, 64, 64)
+    );
+    assert_eq!(s.info.files, 1);
+    assert_eq!(
+        s.volume.voxels,
+        read_one(&fixture("dicom/pydicom/MR_small.dcm"))
+            .unwrap()
+            .volume
+            .voxels
+    );
 }
 
 #[test]

@@ -101,6 +101,15 @@ pub enum DicomError {
         position: f64,
         count: usize,
     },
+    /// Two files hold the same SOP instance (same SOPInstanceUID) but not the
+    /// same image: which one is right cannot be told, so neither is used.
+    #[error("series {series}: {first} and {second} are the same SOP instance but differ: {reason}")]
+    ConflictingDuplicate {
+        series: SeriesKey,
+        first: PathBuf,
+        second: PathBuf,
+        reason: String,
+    },
     #[error("series {series}: inconsistent pixel spacing ({path})")]
     InconsistentPixelSpacing { series: SeriesKey, path: PathBuf },
     #[error("series {series}: file changed since the scan: {reason} ({path})")]

@@ -61,6 +61,9 @@ pub(crate) struct InstanceHeader {
     pub path: PathBuf,
     pub study_uid: Identifier,
     pub series_uid: Identifier,
+    /// SOPInstanceUID: two files with the same one are copies of one object
+    /// (e.g. the same slice exported in two transfer syntaxes).
+    pub sop_uid: Identifier,
     pub patient_id: Identifier,
     pub modality: Option<String>,
     pub transfer_syntax: String,
@@ -397,6 +400,7 @@ pub(crate) fn read_header(
         path: path.to_path_buf(),
         study_uid: Identifier::new(text(obj, tags::STUDY_INSTANCE_UID).unwrap_or_default()),
         series_uid: Identifier::new(text(obj, tags::SERIES_INSTANCE_UID).unwrap_or_default()),
+        sop_uid: Identifier::new(text(obj, tags::SOP_INSTANCE_UID).unwrap_or_default()),
         patient_id: Identifier::new(text(obj, tags::PATIENT_ID).unwrap_or_default()),
         modality: text(obj, tags::MODALITY),
         transfer_syntax,

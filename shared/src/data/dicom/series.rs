@@ -1,7 +1,10 @@
 //! From a folder tree of files to sorted, validated series and their volumes.
 //!
 //! Scanning reads headers only (pixel data is skipped), so a site can list
-//! every exam and choose the plane it needs before paying for decoding.
+//! every exam and choose the plane it needs before paying for decoding. The
+//! one exception is a file whose SOPInstanceUID another file of the series
+//! already has: both are decoded to tell an identical copy (dropped) from a
+//! conflicting one (refused).
 //! Files are grouped by StudyInstanceUID and SeriesInstanceUID; a series'
 //! slices are ordered by their position along the slice normal, which is
 //! what the anatomy needs, falling back to InstanceNumber (and then to frame
@@ -15,7 +18,7 @@ use crate::data::Volume;
 
 use super::error::DicomError;
 use super::geometry::{Plane, Spacing, plane_of, position_along, same_orientation, slice_normal};
-use super::header::{InstanceHeader, read_header};
+use super::header::{FrameInfo, InstanceHeader, read_header};
 use super::identity::{Identifier, SeriesKey};
 use super::open::{Depth, open};
 use super::pixels::decode_frames;
@@ -333,9 +336,129 @@ pub fn scan_files(paths: impl IntoIterator<Item = PathBuf>) -> DicomScan {
     }
 }
 
+/// Why two frames' geometry differs, if it does (same tolerances as the
+/// series checks in [`assemble`]).
+fn geometry_difference(a: &FrameInfo, b: &FrameInfo) -> Option<&'static str> {
+    let position = match (a.position, b.position) {
+        (Some(p), Some(q)) => p
+            .iter()
+            .zip(&q)
+            .all(|(x, y)| (x - y).abs() < SAME_POSITION_MM),
+        (None, None) => true,
+        _ => false,
+    };
+    let orientation = match (&a.orientation, &b.orientation) {
+        (Some(p), Some(q)) => same_orientation(p, q),
+        (None, None) => true,
+        _ => false,
+    };
+    let spacing = match (a.pixel_spacing, b.pixel_spacing) {
+        (Some(p), Some(q)) => (p[0] - q[0]).abs() < 1e-4 && (p[1] - q[1]).abs() < 1e-4,
+        (None, None) => true,
+        _ => false,
+    };
+    if !position {
+        Some("ImagePositionPatient")
+    } else if !orientation {
+        Some("ImageOrientationPatient")
+    } else if !spacing {
+        Some("PixelSpacing")
+    } else {
+        None
+    }
+}
+
+/// Decodes every frame of one file, for comparing copies of an instance.
+fn decode_file(path: &Path) -> Result<Vec<Vec<f32>>, DicomError> {
+    let file = open(path, Depth::Full)?;
+    let header = read_header(path, &file)?;
+    decode_frames(path, &file, &header)
+}
+
+/// Drops later copies of an SOP instance that match an earlier one, and
+/// refuses copies that do not.
+///
+/// Archives and re-exports can leave one instance twice in a folder, often
+/// in different transfer syntaxes; stacking both would put two slices at
+/// one position. A copy is identical when its geometry and its *decoded*
+/// pixels match, since the encodings of one image differ byte for byte.
+/// Only files of an instance that appears twice are decoded here, so a scan
+/// without duplicates still reads headers only. `headers` must be in path order: the first file of
+/// an instance is the one kept.
+fn drop_identical_copies(
+    key: &SeriesKey,
+    headers: Vec<InstanceHeader>,
+) -> Result<Vec<InstanceHeader>, DicomError> {
+    let mut kept: Vec<InstanceHeader> = Vec::with_capacity(headers.len());
+    // SOP UID → index in `kept`; the kept file's decoded frames, once needed.
+    let mut first_of: BTreeMap<Identifier, usize> = BTreeMap::new();
+    let mut decoded: BTreeMap<usize, Vec<Vec<f32>>> = BTreeMap::new();
+    for h in headers {
+        // Without a UID nothing says two files are one instance.
+        let seen = (!h.sop_uid.is_empty())
+            .then(|| first_of.get(&h.sop_uid).copied())
+            .flatten();
+        let Some(i) = seen else {
+            if !h.sop_uid.is_empty() {
+                first_of.insert(h.sop_uid.clone(), kept.len());
+            }
+            kept.push(h);
+            continue;
+        };
+        let original = &kept[i];
+        let conflict = |reason: String| DicomError::ConflictingDuplicate {
+            series: key.clone(),
+            first: original.path.clone(),
+            second: h.path.clone(),
+            reason,
+        };
+        if (original.rows, original.cols) != (h.rows, h.cols) {
+            return Err(conflict(format!(
+                "image size {}x{} and {}x{}",
+                original.rows, original.cols, h.rows, h.cols
+            )));
+        }
+        if original.frames.len() != h.frames.len() {
+            return Err(conflict(format!(
+                "{} and {} frames",
+                original.frames.len(),
+                h.frames.len()
+            )));
+        }
+        if let Some(what) = original
+            .frames
+            .iter()
+            .zip(&h.frames)
+            .find_map(|(a, b)| geometry_difference(a, b))
+        {
+            return Err(conflict(format!("{what} differs")));
+        }
+        let first = match decoded.entry(i) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(
+                decode_file(&original.path)
+                    .map_err(|e| conflict(format!("the first cannot be decoded: {e}")))?,
+            ),
+        };
+        let copy = decode_file(&h.path)
+            .map_err(|e| conflict(format!("the second cannot be decoded: {e}")))?;
+        if *first != copy {
+            return Err(conflict("pixel data differs".into()));
+        }
+        tracing::warn!(
+            series = %key,
+            kept = %original.path.display(),
+            dropped = %h.path.display(),
+            "same SOP instance twice with identical geometry and pixels; using the first file"
+        );
+    }
+    Ok(kept)
+}
+
 /// Orders and validates the slices of one series.
 fn assemble(key: SeriesKey, mut headers: Vec<InstanceHeader>) -> Result<SeriesLayout, DicomError> {
     headers.sort_by(|a, b| a.path.cmp(&b.path));
+    let headers = drop_identical_copies(&key, headers)?;
     let Some(first) = headers.first() else {
         return Err(DicomError::NotOneSeries {
             dir: PathBuf::new(),
