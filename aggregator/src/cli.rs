@@ -158,6 +158,14 @@ pub struct ServeArgs {
     /// Largest accepted upload, MiB.
     #[arg(long, default_value_t = 512)]
     pub max_body_mib: usize,
+    /// Plain-HTTP operator listener (/healthz, /readyz, /metrics), or `off`.
+    /// Default: 127.0.0.1:9464 (loopback only; a clash there only warns).
+    #[arg(long, value_name = "ADDR|off")]
+    pub operator_listen: Option<String>,
+    /// File holding a bearer token the operator listener then requires on
+    /// every request; needed to bind it to a non-loopback address.
+    #[arg(long, value_name = "FILE")]
+    pub operator_token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -244,7 +252,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Job(JobCommand::Create(args)) => create_job(&dir, &args),
         Command::Serve(args) => serve(&dir, &args),
-        Command::Status(args) => crate::report::status(&open_state(&dir)?, args.json),
+        Command::Status(args) => {
+            let service = crate::operator::probe(&StatePaths::new(&dir))?;
+            crate::report::status(&open_state(&dir)?, &service, args.json)
+        }
         Command::Audit { limit, json } => crate::report::audit(&open_state(&dir)?, limit, json),
         Command::Export { job, out } => crate::export::export(&dir, &job, &out),
     }
@@ -340,6 +351,10 @@ fn serve(dir: &Path, args: &ServeArgs) -> anyhow::Result<()> {
             SocketAddr::from(([0, 0, 0, 0], port))
         }
     };
+    let operator = crate::operator::OperatorOptions::new(
+        args.operator_listen.as_deref(),
+        args.operator_token_file.as_deref(),
+    )?;
     // Fail on a bad state folder before starting the runtime.
     drop(Engine::open(dir, args.max_body_mib << 20)?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -348,6 +363,7 @@ fn serve(dir: &Path, args: &ServeArgs) -> anyhow::Result<()> {
         crate::server::ServeOptions {
             listen,
             max_body_bytes: args.max_body_mib << 20,
+            operator,
         },
     ))
 }
@@ -357,5 +373,21 @@ pub fn ago(t: Option<i64>) -> String {
     match t {
         Some(t) => format!("{} s ago", (now() - t).max(0)),
         None => "never".into(),
+    }
+}
+
+/// Seconds since the epoch → "2026-12-07 08:30:00 UTC" for people to read.
+pub fn utc(t: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(t) {
+        Ok(at) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        ),
+        Err(_) => t.to_string(),
     }
 }

@@ -127,6 +127,8 @@ pub struct Engine {
     ticking: Mutex<()>,
     /// Resumable uploads being written.
     pub(crate) uploads: crate::uploads::InProgress,
+    /// What the operator listener's `/metrics` reports.
+    pub metrics: crate::operator::Metrics,
 }
 
 /// Requests a site may make in a burst, and per second after it. An agent
@@ -172,6 +174,7 @@ impl Engine {
             failing: Mutex::new(None),
             ticking: Mutex::new(()),
             uploads: Default::default(),
+            metrics: crate::operator::Metrics::new(),
         })
     }
 
@@ -203,6 +206,7 @@ impl Engine {
 
     pub fn record_rejection(&self, site: &str, rejection: &Rejection) {
         tracing::warn!(site, "refused: {rejection}");
+        self.metrics.refused_update(rejection);
         self.audit_event(
             "request_refused",
             Some(site),
@@ -268,6 +272,7 @@ impl Engine {
         };
         if let Some(reason) = refusal {
             tracing::warn!(site = %peer.common_name, "refused: {reason}");
+            self.metrics.refused_request("forbidden");
             self.audit_event("request_refused", Some(&peer.common_name), &reason);
             return Err(Rejection::Forbidden(reason));
         }
@@ -302,6 +307,7 @@ impl Engine {
         let reason = format!(
             "site `{site}` exceeds {PER_SECOND} requests per second (burst {BURST}); slow down"
         );
+        self.metrics.refused_request("rate_limited");
         if !bucket.limited {
             bucket.limited = true;
             drop(rate);
@@ -362,6 +368,7 @@ impl Engine {
             )));
         }
         let bytes = self.blobs.get(digest).map_err(internal)?;
+        self.metrics.bytes_out.inc_by(bytes.len() as u64);
         tracing::debug!(site, digest, bytes = bytes.len(), "model sent");
         Ok(bytes)
     }
@@ -392,6 +399,17 @@ impl Engine {
 
     /// Validates an uploaded update against the open round and records it.
     pub fn accept_update(&self, site: &str, bytes: &[u8]) -> Result<UploadReceipt, Rejection> {
+        self.metrics.bytes_in.inc_by(bytes.len() as u64);
+        let receipt = self.check_and_record_update(site, bytes)?;
+        self.metrics.updates_accepted.inc();
+        Ok(receipt)
+    }
+
+    fn check_and_record_update(
+        &self,
+        site: &str,
+        bytes: &[u8],
+    ) -> Result<UploadReceipt, Rejection> {
         let header =
             wire::decode_header(bytes).map_err(|e| Rejection::BadRequest(e.to_string()))?;
         if header.kind != PayloadKind::Update {
@@ -573,6 +591,7 @@ impl Engine {
         let digest = self.put_model(&job, 0, &model)?;
         let deadline = now() + job.spec.round_timeout_s as i64;
         self.state().start_job(&job.id, &digest, deadline)?;
+        self.metrics.rounds_opened.inc();
         tracing::info!(job = %job.id, phase = %job.spec.phase, digest, "job started; round 1 open");
         Ok(true)
     }
@@ -645,6 +664,7 @@ impl Engine {
         updates: &[crate::state::UpdateRow],
         note: &str,
     ) -> anyhow::Result<bool> {
+        let aggregating = std::time::Instant::now();
         let (_, mut global) = self.load_model(&round.base_digest)?;
         let schema = global.schema();
         let limits = DecodeLimits::for_schema(&schema);
@@ -715,6 +735,16 @@ impl Engine {
             &after,
         )?;
         if closed {
+            self.metrics.rounds_closed.inc();
+            self.metrics
+                .aggregation_time
+                .observe(aggregating.elapsed().as_secs_f64());
+            self.metrics
+                .round_duration
+                .observe((now() - round.opened_at).max(0) as f64);
+            if matches!(after, AfterClose::NextRound { .. }) {
+                self.metrics.rounds_opened.inc();
+            }
             tracing::info!(job = %job.id, round = round.round, digest, "{note}");
         } else {
             tracing::info!(job = %job.id, round = round.round, "an update arrived during aggregation; aggregating again");

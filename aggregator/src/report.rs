@@ -1,6 +1,7 @@
 //! `aggregator status`, `site list` and `audit`: what an operator reads.
 
-use crate::cli::ago;
+use crate::cli::{ago, utc};
+use crate::operator::ServiceState;
 use crate::state::State;
 
 pub fn list_sites(state: &State, json: bool) -> anyhow::Result<()> {
@@ -10,22 +11,23 @@ pub fn list_sites(state: &State, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<8} {:<16} {:<34}",
-        "site", "status", "last contact", "certificate serial"
+        "{:<20} {:<8} {:<16} {:<24} {:<34}",
+        "site", "status", "last contact", "certificate expires", "certificate serial"
     );
     for s in sites {
         println!(
-            "{:<20} {:<8} {:<16} {:<34}",
+            "{:<20} {:<8} {:<16} {:<24} {:<34}",
             s.name,
             s.status,
             ago(s.last_contact),
+            utc(s.not_after),
             s.serial
         );
     }
     Ok(())
 }
 
-pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
+pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Result<()> {
     let jobs = state.jobs()?;
     let sites = state.sites()?;
     if json {
@@ -41,10 +43,27 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
         }
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "jobs": out, "sites": sites }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "service": service, "jobs": out, "sites": sites })
+            )?
         );
         return Ok(());
     }
+    // A job's "running" is the database's view; whether anything is serving
+    // it is this line's (from the serve lock, which dies with the process).
+    match (service.running, service.pid, &service.operator_url) {
+        (false, _, _) => println!(
+            "service: stopped (no `aggregator serve` holds this state folder; jobs below wait for it)"
+        ),
+        (true, pid, operator) => println!(
+            "service: running (pid {}{})",
+            pid.map_or("?".into(), |p| p.to_string()),
+            operator
+                .as_ref()
+                .map_or(String::new(), |url| format!(", operator listener {url}"))
+        ),
+    }
+    println!();
     if jobs.is_empty() {
         println!("no jobs (create one with `aggregator job create`)");
     }
@@ -68,10 +87,12 @@ pub fn status(state: &State, json: bool) -> anyhow::Result<()> {
             let updates = state.updates(&job.id, r.round)?;
             let names: Vec<&str> = updates.iter().map(|u| u.site.as_str()).collect();
             println!(
-                "    round {} open: {} update(s) [{}], deadline in {} s{}",
+                "    round {} open since {}: {} update(s) [{}], deadline {} (in {} s){}",
                 r.round,
+                utc(r.opened_at),
                 updates.len(),
                 names.join(", "),
+                utc(r.deadline),
                 (r.deadline - crate::state::now()).max(0),
                 r.note
                     .as_ref()
@@ -93,7 +114,7 @@ pub fn audit(state: &State, limit: usize, json: bool) -> anyhow::Result<()> {
         println!(
             "{:>6} {} {:<18} {:<12} {}",
             r.id,
-            r.at,
+            utc(r.at),
             r.event,
             r.site.as_deref().unwrap_or("-"),
             r.detail

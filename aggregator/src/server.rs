@@ -35,6 +35,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// The operator listener; `None` when switched off.
+    pub operator: Option<crate::operator::OperatorOptions>,
 }
 
 /// The site a request comes from, after the registry check.
@@ -253,6 +255,9 @@ fn router(engine: Arc<Engine>) -> Router {
 }
 
 pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()> {
+    // Held until the process exits: `aggregator status` reads it as running.
+    let mut serve_lock =
+        crate::operator::ServeLock::acquire(&crate::engine::StatePaths::new(state_dir))?;
     let engine = Arc::new(Engine::open(state_dir, options.max_body_bytes)?);
     let tls = engine.tls_server_config()?;
     let acceptor = TlsAcceptor::from(tls);
@@ -263,6 +268,11 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
     tracing::info!(listen = %local, state = %state_dir.display(), "aggregator serving (mutual TLS 1.3)");
     engine.audit_event("service_started", None, &format!("listening on {local}"));
     crate::uploads::sweep_stale(&engine, Duration::from_secs(2 * 24 * 3600));
+    let operator = match options.operator {
+        Some(operator) => crate::operator::start(engine.clone(), operator).await?,
+        None => None,
+    };
+    serve_lock.record(operator)?;
 
     let ticker = engine.clone();
     tokio::spawn(async move {

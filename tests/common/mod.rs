@@ -104,6 +104,9 @@ impl Consortium {
             .arg("--dir")
             .arg(&self.state)
             .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            // Any free loopback port, so consortia in parallel tests never
+            // clash on the default; `operator_url` reads the one chosen.
+            .args(["--operator-listen", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
@@ -158,6 +161,24 @@ impl Consortium {
                 self.server_log()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The running server's operator listener (`http://127.0.0.1:PORT`),
+    /// from the serve lock it writes once listening.
+    pub fn operator_url(&self) -> String {
+        let started = Instant::now();
+        loop {
+            let lock = std::fs::read_to_string(self.state.join("serve.lock")).unwrap_or_default();
+            if let Some(url) = lock.lines().find_map(|l| l.strip_prefix("operator=")) {
+                return url.to_string();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no operator listener in serve.lock: {}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -1,0 +1,574 @@
+//! The operator listener (issue 15 item 3): plain HTTP for the people who run
+//! the aggregator and their monitoring, apart from the sites' mutual-TLS port.
+//!
+//! - `/healthz`: the process answers.
+//! - `/readyz`: the database answers and the blob store takes a write.
+//! - `/metrics`: Prometheus/OpenMetrics text.
+//!
+//! It binds loopback by default. Anywhere else it needs a bearer token (from
+//! a file, so it is not in `ps` output), compared in constant time; with a
+//! token every path needs it, loopback included.
+//!
+//! Also here: the serve lock, a file in the state folder that a running
+//! `aggregator serve` holds locked. `aggregator status` tries the lock to tell
+//! a running service from a stopped one; the OS drops the lock when the
+//! process dies, however it dies, so a killed service reads as stopped.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Request, State as AxumState};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::engine::{Engine, Rejection, StatePaths};
+
+/// Where the operator listener binds unless told otherwise: loopback only,
+/// on the port commonly used by exporters of this kind.
+pub const DEFAULT_OPERATOR_LISTEN: &str = "127.0.0.1:9464";
+
+type Labels = Vec<(String, String)>;
+
+/// The aggregator's counters, histograms and gauges. Counters and histograms
+/// move where the engine records the event; gauges read from disk and the
+/// database at scrape time (see [`Metrics::refresh`]).
+pub struct Metrics {
+    registry: Registry,
+    pub rounds_opened: Counter,
+    pub rounds_closed: Counter,
+    pub updates_accepted: Counter,
+    pub updates_refused: Family<Labels, Counter>,
+    pub requests_refused: Family<Labels, Counter>,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub round_duration: Histogram,
+    pub aggregation_time: Histogram,
+    site_last_seen: Family<Labels, Gauge>,
+    database_bytes: Gauge,
+    blob_store_bytes: Gauge,
+    certificate_days_left: Family<Labels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fedslice");
+        let rounds_opened = Counter::default();
+        let rounds_closed = Counter::default();
+        let updates_accepted = Counter::default();
+        let updates_refused = Family::<Labels, Counter>::default();
+        let requests_refused = Family::<Labels, Counter>::default();
+        let bytes_in = Counter::default();
+        let bytes_out = Counter::default();
+        // Rounds take from seconds (test presets) to hours (deadline-bound).
+        let round_duration = Histogram::new(exponential_buckets(1.0, 4.0, 9));
+        // Aggregation runs from milliseconds (small models) to minutes.
+        let aggregation_time = Histogram::new(exponential_buckets(0.001, 4.0, 10));
+        let site_last_seen = Family::<Labels, Gauge>::default();
+        let database_bytes = Gauge::default();
+        let blob_store_bytes = Gauge::default();
+        let certificate_days_left = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register("rounds_opened", "Rounds opened", rounds_opened.clone());
+        registry.register(
+            "rounds_closed",
+            "Rounds closed with a new global model",
+            rounds_closed.clone(),
+        );
+        registry.register(
+            "updates_accepted",
+            "Site updates accepted (duplicates of a counted update included)",
+            updates_accepted.clone(),
+        );
+        registry.register(
+            "updates_refused",
+            "Site updates refused, by reason",
+            updates_refused.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "Site requests refused before reaching an endpoint (unknown, revoked or rate limited), by reason",
+            requests_refused.clone(),
+        );
+        registry.register(
+            "update_bytes_received",
+            "Bytes of site updates received for validation",
+            bytes_in.clone(),
+        );
+        registry.register(
+            "model_bytes_sent",
+            "Bytes of global models sent to sites",
+            bytes_out.clone(),
+        );
+        registry.register(
+            "round_duration_seconds",
+            "Time from a round opening to its closing",
+            round_duration.clone(),
+        );
+        registry.register(
+            "aggregation_seconds",
+            "Time to aggregate a round's updates into the new global model",
+            aggregation_time.clone(),
+        );
+        registry.register(
+            "site_last_seen_unix_seconds",
+            "When each site last made an authorised request",
+            site_last_seen.clone(),
+        );
+        registry.register(
+            "database_bytes",
+            "Size of the SQLite database (with its WAL)",
+            database_bytes.clone(),
+        );
+        registry.register(
+            "blob_store_bytes",
+            "Size of the blob store (models and updates)",
+            blob_store_bytes.clone(),
+        );
+        registry.register(
+            "certificate_days_left",
+            "Days until a certificate expires (ca, server, and each site's)",
+            certificate_days_left.clone(),
+        );
+        Self {
+            registry,
+            rounds_opened,
+            rounds_closed,
+            updates_accepted,
+            updates_refused,
+            requests_refused,
+            bytes_in,
+            bytes_out,
+            round_duration,
+            aggregation_time,
+            site_last_seen,
+            database_bytes,
+            blob_store_bytes,
+            certificate_days_left,
+        }
+    }
+
+    pub fn refused_update(&self, rejection: &Rejection) {
+        self.updates_refused
+            .get_or_create(&vec![("reason".into(), reason(rejection).into())])
+            .inc();
+    }
+
+    pub fn refused_request(&self, why: &str) {
+        self.requests_refused
+            .get_or_create(&vec![("reason".into(), why.into())])
+            .inc();
+    }
+
+    /// Reads the gauges that live outside the process (sizes, database rows,
+    /// certificates). A failure leaves a gauge at its last value: a scrape
+    /// should still answer with what it has.
+    fn refresh(&self, engine: &Engine) {
+        let paths = &engine.paths;
+        let db = paths.db();
+        let mut db_size = file_size(&db);
+        db_size += file_size(&PathBuf::from(format!("{}-wal", db.display())));
+        self.database_bytes.set(db_size as i64);
+        self.blob_store_bytes.set(dir_size(&paths.blobs()) as i64);
+        let now = crate::state::now();
+        let days = |not_after: i64| (not_after - now) as f64 / 86_400.0;
+        for (which, path) in [("ca", paths.ca_cert()), ("server", paths.server_cert())] {
+            match cert_not_after(&path) {
+                Ok(not_after) => {
+                    self.certificate_days_left
+                        .get_or_create(&vec![("certificate".into(), which.into())])
+                        .set(days(not_after));
+                }
+                Err(e) => tracing::debug!("metrics: reading {}: {e:#}", path.display()),
+            }
+        }
+        match engine.state().sites() {
+            Ok(sites) => {
+                for site in sites {
+                    let label = vec![("site".into(), site.name.clone())];
+                    if let Some(seen) = site.last_contact {
+                        self.site_last_seen.get_or_create(&label).set(seen);
+                    }
+                    if site.status == "active" {
+                        self.certificate_days_left
+                            .get_or_create(&vec![(
+                                "certificate".into(),
+                                format!("site:{}", site.name),
+                            )])
+                            .set(days(site.not_after));
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("metrics: reading sites: {e:#}"),
+        }
+    }
+
+    fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// A short, stable label value for a refusal (its HTTP meaning).
+fn reason(rejection: &Rejection) -> &'static str {
+    match rejection {
+        Rejection::Forbidden(_) => "forbidden",
+        Rejection::NotFound(_) => "not_found",
+        Rejection::BadRequest(_) => "bad_request",
+        Rejection::Conflict(_) => "conflict",
+        Rejection::Unprocessable(_) => "unprocessable",
+        Rejection::TooLarge(_) => "too_large",
+        Rejection::TooManyRequests(_) => "rate_limited",
+        Rejection::ResumeElsewhere(_) => "resume_elsewhere",
+        Rejection::Busy(_) => "busy",
+        Rejection::Internal(_) => "internal",
+    }
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&entry.path()),
+            Ok(_) => entry.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn cert_not_after(path: &Path) -> anyhow::Result<i64> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("unreadable certificate: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// How the operator listener is set up.
+pub struct OperatorOptions {
+    pub listen: SocketAddr,
+    /// Whether `listen` is the default (a clash there is not fatal).
+    pub default_address: bool,
+    /// SHA-256 of the bearer token, when one is required.
+    pub token_sha256: Option<[u8; 32]>,
+}
+
+impl OperatorOptions {
+    /// Checks the loopback rule and reads the token file.
+    /// `listen`: an address, `off`, or `None` for the default.
+    pub fn new(listen: Option<&str>, token_file: Option<&Path>) -> anyhow::Result<Option<Self>> {
+        let default_address = listen.is_none();
+        let listen: SocketAddr = match listen {
+            Some("off") => return Ok(None),
+            Some(addr) => addr.parse().with_context(|| {
+                format!("--operator-listen `{addr}`: expected HOST:PORT (an IP address) or `off`")
+            })?,
+            None => DEFAULT_OPERATOR_LISTEN
+                .parse()
+                .context("the default operator address")?,
+        };
+        let token_sha256 = match token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the operator token {}", path.display()))?;
+                let token = token.trim();
+                anyhow::ensure!(
+                    token.len() >= 16,
+                    "the operator token in {} is shorter than 16 characters",
+                    path.display()
+                );
+                Some(Sha256::digest(token.as_bytes()).into())
+            }
+            None => None,
+        };
+        anyhow::ensure!(
+            listen.ip().is_loopback() || token_sha256.is_some(),
+            "--operator-listen {listen} is not a loopback address: give --operator-token-file \
+             so that only operators can read it"
+        );
+        Ok(Some(Self {
+            listen,
+            default_address,
+            token_sha256,
+        }))
+    }
+}
+
+#[derive(Clone)]
+struct OperatorState {
+    engine: Arc<Engine>,
+    token_sha256: Option<[u8; 32]>,
+}
+
+async fn require_token(
+    AxumState(op): AxumState<OperatorState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(expected) = op.token_sha256 {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Hashing first makes both sides the same length, so the comparison
+        // time says nothing about the token, not even its length.
+        let given: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+        if !bool::from(given.ct_eq(&expected)) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "operator token required\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(AxumState(op): AxumState<OperatorState>) -> Response {
+    let engine = op.engine.clone();
+    let checked = tokio::task::spawn_blocking(move || ready(&engine)).await;
+    match checked {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {e:#}\n"),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: check failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// The database answers a query and the blob store takes (and gives back) a
+/// small write: the two things every round needs.
+fn ready(engine: &Engine) -> anyhow::Result<()> {
+    engine
+        .state()
+        .meta("port")
+        .context("database not reachable")?;
+    let probe = engine
+        .paths
+        .blobs()
+        .join(format!(".ready-{}", std::process::id()));
+    let written =
+        File::create(&probe).and_then(|mut f| f.write_all(b"ready").and_then(|()| f.sync_all()));
+    let _ = std::fs::remove_file(&probe);
+    written.context("blob store not writable")?;
+    Ok(())
+}
+
+async fn metrics(AxumState(op): AxumState<OperatorState>) -> Response {
+    let engine = op.engine.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        engine.metrics.refresh(&engine);
+        engine.metrics.encode()
+    })
+    .await;
+    match text {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding: {e}\n"),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+fn router(engine: Arc<Engine>, token_sha256: Option<[u8; 32]>) -> Router {
+    let state = OperatorState {
+        engine,
+        token_sha256,
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+/// Binds the operator listener and serves it in the background; returns the
+/// bound address, or `None` when the default address was taken (the sites'
+/// service matters more than the operator view, so that only warns).
+pub async fn start(
+    engine: Arc<Engine>,
+    options: OperatorOptions,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let listener = match tokio::net::TcpListener::bind(options.listen).await {
+        Ok(listener) => listener,
+        Err(e) if options.default_address => {
+            tracing::warn!(
+                "operator listener not started: binding {}: {e} (choose another with --operator-listen)",
+                options.listen
+            );
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("binding --operator-listen {}", options.listen));
+        }
+    };
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, token = options.token_sha256.is_some(), "operator listener (/healthz, /readyz, /metrics)");
+    let app = router(engine, options.token_sha256);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("operator listener stopped: {e}");
+        }
+    });
+    Ok(Some(local))
+}
+
+/// The lock a running `aggregator serve` holds on `STATE/serve.lock`, and
+/// what it wrote there (pid, operator address) for `aggregator status`.
+pub struct ServeLock {
+    file: File,
+}
+
+fn lock_path(paths: &StatePaths) -> PathBuf {
+    paths.root.join("serve.lock")
+}
+
+impl ServeLock {
+    /// Takes the lock, refusing when another serve holds it: two services on
+    /// one state folder would both close the same rounds.
+    pub fn acquire(paths: &StatePaths) -> anyhow::Result<Self> {
+        let path = lock_path(paths);
+        // Not truncated before the lock is ours: that would erase a running
+        // service's details.
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let held = std::fs::read_to_string(&path).unwrap_or_default();
+                anyhow::bail!(
+                    "another `aggregator serve` is running on {} ({})",
+                    paths.root.display(),
+                    held.split_whitespace().collect::<Vec<_>>().join(", ")
+                )
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
+
+    /// Records this process and its operator address.
+    pub fn record(&mut self, operator: Option<SocketAddr>) -> anyhow::Result<()> {
+        let mut text = format!("pid={}\n", std::process::id());
+        if let Some(addr) = operator {
+            text.push_str(&format!("operator=http://{addr}\n"));
+        }
+        self.file.set_len(0)?;
+        (&self.file).write_all(text.as_bytes())?;
+        self.file.sync_all()?;
+        Ok(())
+    }
+}
+
+/// Whether a service runs on a state folder, as `aggregator status` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServiceState {
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub operator_url: Option<String>,
+}
+
+/// Tries the serve lock: if it can be taken, nobody serves.
+pub fn probe(paths: &StatePaths) -> anyhow::Result<ServiceState> {
+    let path = lock_path(paths);
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(ServiceState {
+                running: false,
+                pid: None,
+                operator_url: None,
+            });
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let running = match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    };
+    if !running {
+        return Ok(ServiceState {
+            running,
+            pid: None,
+            operator_url: None,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    Ok(ServiceState {
+        running,
+        pid: field("pid").and_then(|p| p.parse().ok()),
+        operator_url: field("operator"),
+    })
+}
