@@ -174,8 +174,9 @@ pub struct RecipeArgs {
     /// Slice pooling: transformer (SB-SSL) or max (MRNet baseline).
     #[arg(long, default_value = "transformer")]
     pub pooling: String,
-    /// What embeds a slice: mean-patch (mean of the encoder's patch tokens) or
-    /// cls (its CLS token; GMML never trains it, see README).
+    /// What embeds a slice: max-patch (element-wise max of the encoder's patch
+    /// tokens), mean-patch (their mean) or cls (its CLS token; GMML never
+    /// trains it, see README).
     #[arg(long, default_value_t = Default::default())]
     pub slice_embedding: fedslice::model::SliceEmbedding,
     /// GMML pretraining epochs over all training slices.

@@ -79,7 +79,7 @@ fn gmml_pretraining_loss_falls_on_phantom_slices() {
 }
 
 /// The method's main path: GMML pretraining on every training slice (default
-/// rate), then fine-tuning the exam classifier (mean-patch slice embedding,
+/// rate), then fine-tuning the exam classifier (default slice embedding,
 /// default per-exam augmentation, knee framing), separates torn from intact
 /// ACLs on held-out exams of textbook tears at randomised protocols. On the
 /// earlier fixed-protocol phantom with a centre crop this reached 0.965 and

@@ -143,7 +143,8 @@ pub struct JobArgs {
     /// transformer or max slice pooling (finetune).
     #[arg(long, default_value = "transformer")]
     pub pooling: SlicePooling,
-    /// What embeds a slice (finetune): mean-patch (mean patch token) or cls (CLS token).
+    /// What embeds a slice (finetune): max-patch (max over patch tokens), mean-patch
+    /// (their mean) or cls (CLS token).
     #[arg(long, default_value_t = Default::default())]
     pub slice_embedding: SliceEmbedding,
     #[arg(long, default_value_t = 0)]

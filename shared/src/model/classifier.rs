@@ -2,11 +2,11 @@
 //! turns an exam's slice embeddings into one, and a linear head gives the
 //! ACL-tear logit.
 //!
-//! DESIGN.md embeds a slice by its CLS token; the default here is the mean of
-//! the patch tokens ([`SliceEmbedding`](super::SliceEmbedding)): GMML
-//! pretraining leaves the CLS output untrained and nearly constant across
-//! slices, and fine-tuning from it failed on one initialisation in three.
-//! `Cls` stays available.
+//! DESIGN.md embeds a slice by its CLS token; the default here is the
+//! element-wise max of the patch tokens ([`SliceEmbedding`](super::SliceEmbedding)):
+//! GMML pretraining leaves the CLS output untrained and nearly constant across
+//! slices, and the mean of the patch tokens dilutes a small tear. `Cls` and
+//! `MeanPatch` stay available.
 
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, Linear};

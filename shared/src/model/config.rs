@@ -99,15 +99,17 @@ impl std::str::FromStr for SlicePooling {
 #[serde(rename_all = "kebab-case")]
 pub enum SliceEmbedding {
     /// The mean of the normalised patch tokens (timm `global_pool="avg"`,
-    /// `fc_norm=False`). The default: GMML's loss never reads the CLS token,
-    /// so after pretraining the CLS output is nearly the same for every slice
-    /// (its spread across slices fell from 0.068 to 0.004 of its norm in 8
-    /// epochs) while the patch tokens carry what was learned.
-    #[default]
+    /// `fc_norm=False`). GMML's loss never reads the CLS token, so after
+    /// pretraining the CLS output is nearly the same for every slice (its
+    /// spread across slices fell from 0.068 to 0.004 of its norm in 8 epochs)
+    /// while the patch tokens carry what was learned.
     MeanPatch,
     /// The element-wise max of the normalised patch tokens (timm
-    /// `global_pool="max"`): a finding that covers a few patches of a wide
-    /// field is not averaged away by the many patches around it.
+    /// `global_pool="max"`). The default: a tear covers a few of a slice's
+    /// patches, and the mean over all of them hid it. Fine-tuning from the
+    /// mean sat at the constant-prediction loss until epoch 12–33 (or never),
+    /// from the max it left it by epoch 3–9 (README, Quality).
+    #[default]
     MaxPatch,
     /// The CLS token (timm `global_pool="token"`). Models written before this
     /// option existed use it.
@@ -196,7 +198,7 @@ mod tests {
             SlicePooling::Max,
         ))
         .unwrap();
-        assert_eq!(json["slice_embedding"], "mean-patch");
+        assert_eq!(json["slice_embedding"], "max-patch");
         json.as_object_mut().unwrap().remove("slice_embedding");
         let old: ClassifierConfig = serde_json::from_value(json).unwrap();
         assert_eq!(old.slice_embedding, SliceEmbedding::Cls);
