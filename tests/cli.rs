@@ -1,8 +1,9 @@
 //! The `fedslice` binary end to end: phantom → train → report and model
 //! bundle → export, and an older run's checkpoint converted by export.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use fedslice::data::plane::Plane;
@@ -13,9 +14,7 @@ use fedslice::model::{
     ClassifierConfig, ExamClassifier, SlicePooling, VitConfig, save_safetensors,
 };
 
-fn fedslice() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fedslice"))
-}
+use common::{fedslice, run_ok};
 
 #[test]
 fn phantom_then_train_writes_report_and_model() {
@@ -134,16 +133,6 @@ fn bad_arguments_fail_with_a_clear_message() {
             .expect("run");
         assert!(String::from_utf8_lossy(&output.stderr).contains("built without GPU support"));
     }
-}
-
-fn run_ok(cmd: &mut Command, what: &str) -> String {
-    let output = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 const BUNDLE_FILES: [&str; 6] = [
