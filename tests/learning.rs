@@ -86,7 +86,9 @@ fn gmml_pretraining_loss_falls_on_phantom_slices() {
 /// was held to > 0.9; on randomised protocols (contrast, field of view,
 /// slices, pose) the same budget gave 0.718 and 0.680 here (two runs: flex's
 /// threaded reductions are not bit-stable run to run; CI 0.49–0.86), 0.864 on
-/// another draw of textbook tears and 0.702 with tears of drawn strength. The
+/// another draw of textbook tears and 0.702 with tears of drawn strength (all
+/// with the mean-patch embedding; with max-patch, the default since, one run
+/// gave 0.904, CI 0.79–0.98). The
 /// bar is > 0.6: above chance, guarding against a regression to it, and far
 /// from good (issue 12; `fedslice study` measures the rest).
 #[test]
