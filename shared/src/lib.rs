@@ -5,8 +5,8 @@
 //! readers and preprocessing), evaluation ([`metrics`]) and strip charts of
 //! results ([`plot`]); the federation's shared vocabulary: the update
 //! format ([`wire`]), aggregation ([`aggregate`]), protocol messages
-//! ([`protocol`]), TLS configuration ([`tls`]) and a site's round of local
-//! training ([`federated`]).
+//! ([`protocol`]), TLS configuration ([`tls`]), site-level differential
+//! privacy ([`privacy`]) and a site's round of local training ([`federated`]).
 //!
 //! It must not do I/O beyond the files a caller names, open network connections,
 //! or log anything derived from patient headers: binaries decide where data comes
@@ -23,6 +23,7 @@ pub mod federated;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod privacy;
 #[cfg(feature = "cli")]
 pub mod process;
 pub mod protocol;
