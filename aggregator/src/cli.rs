@@ -149,6 +149,34 @@ pub struct JobArgs {
     pub slice_embedding: SliceEmbedding,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub dp: DpArgs,
+}
+
+/// Site-level differential privacy (DP-FedAvg, McMahan et al. 2018).
+#[derive(Args, Debug)]
+pub struct DpArgs {
+    /// Noise multiplier z (noise sd over the clip norm); turns DP on and needs
+    /// --dp-clip and --dp-epsilon.
+    #[arg(long)]
+    pub dp_noise_multiplier: Option<f64>,
+    /// L2 norm C each site clips its update to.
+    #[arg(long)]
+    pub dp_clip: Option<f64>,
+    #[arg(long, default_value_t = 1e-5)]
+    pub dp_delta: f64,
+    /// The epsilon the consortium's privacy ledger may reach through this job;
+    /// a round that would pass it is not run.
+    #[arg(long)]
+    pub dp_epsilon: Option<f64>,
+    /// Poisson rate at which sites are sampled each round. Only 1 (every site,
+    /// every round) is implemented by the round engine.
+    #[arg(long, default_value_t = 1.0)]
+    pub dp_sampling_rate: f64,
+    /// The fixed denominator m: sites expected per round (default: the sites
+    /// enrolled and active now).
+    #[arg(long)]
+    pub dp_sites: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -336,9 +364,115 @@ fn create_job(dir: &Path, args: &JobArgs) -> anyhow::Result<()> {
         fedprox_mu: args.fedprox_mu,
         seed: args.seed,
     })?;
+    let spec = with_dp(&state, spec, &args.dp)?;
+    let plan = match &spec.dp {
+        Some(dp) => Some(dp_plan(&state, &spec, dp)?),
+        None => None,
+    };
     let id = state.create_job(&spec)?;
+    // The id alone on stdout, for scripts; the privacy plan for people on stderr.
     println!("{id}");
+    if let Some(plan) = plan {
+        eprintln!("{plan}");
+    }
     Ok(())
+}
+
+fn with_dp(
+    state: &State,
+    mut spec: fedslice::protocol::JobSpec,
+    args: &DpArgs,
+) -> anyhow::Result<fedslice::protocol::JobSpec> {
+    let Some(z) = args.dp_noise_multiplier else {
+        anyhow::ensure!(
+            args.dp_clip.is_none() && args.dp_epsilon.is_none() && args.dp_sites.is_none(),
+            "--dp-clip, --dp-epsilon and --dp-sites need --dp-noise-multiplier (which turns DP on)"
+        );
+        return Ok(spec);
+    };
+    let expected_sites = match args.dp_sites {
+        Some(m) => m,
+        None => state.active_sites()?,
+    };
+    spec.dp = Some(fedslice::privacy::DpConfig {
+        noise_multiplier: z,
+        clip_norm: args
+            .dp_clip
+            .context("a DP job needs --dp-clip C (the L2 norm sites clip their update to)")?,
+        delta: args.dp_delta,
+        epsilon_budget: args
+            .dp_epsilon
+            .context("a DP job needs --dp-epsilon (its privacy budget)")?,
+        sampling_rate: args.dp_sampling_rate,
+        expected_sites,
+    });
+    spec.check_dp().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(spec)
+}
+
+/// What a DP job will spend and what the noise does to it, for `job create`.
+fn dp_plan(
+    state: &State,
+    spec: &fedslice::protocol::JobSpec,
+    dp: &fedslice::privacy::DpConfig,
+) -> anyhow::Result<String> {
+    use fedslice::privacy::accountant;
+    let device = fedslice::device::open(fedslice::device::BackendKind::Flex)?;
+    let parameters = fedslice::federated::initial_model(spec, None, &device)?.num_values();
+    let earlier = crate::ledger::releases(state, None)?;
+    let rounds = u64::from(spec.rounds);
+    let alone = accountant::epsilon(&[dp.release(rounds)], dp.delta)?;
+    let total = dp.epsilon_after(&earlier, rounds)?;
+    let so_far = if earlier.is_empty() {
+        0.0
+    } else {
+        accountant::epsilon(&earlier, dp.delta)?.epsilon
+    };
+    let mut fit = 0;
+    while fit < rounds && dp.epsilon_after(&earlier, fit + 1)?.epsilon <= dp.epsilon_budget {
+        fit += 1;
+    }
+    let budget_line = if fit == rounds {
+        format!("all {rounds} rounds fit the budget {}", dp.epsilon_budget)
+    } else {
+        format!(
+            "only {fit} of {rounds} rounds fit the budget {}: round {} and later will be refused",
+            dp.epsilon_budget,
+            fit + 1
+        )
+    };
+    let ratio = dp.noise_to_signal(parameters);
+    Ok(format!(
+        "differential privacy (DP-FedAvg); unit of privacy: {unit}\n\
+         - z = {z}, C = {c}, delta = {delta:e}, m = {m} sites per round; uniform weights and a \
+         fixed denominator (sample counts do not weight a DP mean); sampling: {sampling}\n\
+         - epsilon of this job alone over {rounds} rounds: {alone:.4} ({acc})\n\
+         - epsilon of the consortium after it: {total:.4} (the ledger already holds {so_far:.4})\n\
+         - {budget_line}\n\
+         - utility warning: the noise sd per coordinate is z*C/m = {sd:.4e}, i.e. {rel:.4} x the clip \
+         norm; over {parameters} parameters the noise norm is {ratio:.1} x the largest possible mean \
+         update (z*sqrt(d)/m){verdict}",
+        unit = fedslice::privacy::UNIT,
+        z = dp.noise_multiplier,
+        c = dp.clip_norm,
+        delta = dp.delta,
+        m = dp.expected_sites,
+        sampling = if dp.sampling_rate >= 1.0 {
+            "every site, every round (no amplification claimed)".to_string()
+        } else {
+            format!("Poisson q = {}", dp.sampling_rate)
+        },
+        alone = alone.epsilon,
+        acc = alone.accountant,
+        total = total.epsilon,
+        sd = dp.noise_sd(),
+        rel = dp.noise_multiplier / f64::from(dp.expected_sites),
+        verdict = if ratio > 1.0 {
+            ": expect the noise to swamp the model's learning at this number of sites"
+        } else {
+            ""
+        },
+    ))
 }
 
 fn serve(dir: &Path, args: &ServeArgs) -> anyhow::Result<()> {

@@ -204,6 +204,21 @@ impl Engine {
         }
     }
 
+    /// A site declined a job under its local privacy policy: logged and
+    /// audited, so the operator sees why the site is silent. The reason is
+    /// the site's text, so it is escaped and cut short.
+    pub fn record_refusal(&self, site: &str, refusal: &fedslice::protocol::WorkRefusal) {
+        let shown = |s: &str, n| s.escape_debug().take(n).collect::<String>();
+        let detail = format!(
+            "{} round {}: {}",
+            shown(&refusal.job, 80),
+            refusal.round,
+            shown(&refusal.reason, 400)
+        );
+        tracing::warn!(site, "site refused a job: {detail}");
+        self.audit_event("site_refused_job", Some(site), &detail);
+    }
+
     pub fn record_rejection(&self, site: &str, rejection: &Rejection) {
         tracing::warn!(site, "refused: {rejection}");
         self.metrics.refused_update(rejection);
@@ -580,6 +595,13 @@ impl Engine {
                 }
             }
         };
+        if let Some(why) = crate::ledger::refuse_next(&self.state(), &job, 1)? {
+            tracing::warn!(job = %job.id, "{why}");
+            let state = self.state();
+            state.audit("dp_budget_refused", None, &why)?;
+            state.fail_job(&job.id, &why)?;
+            return Ok(true);
+        }
         let device = fedslice::device::open(fedslice::device::BackendKind::Flex)?;
         let model = match fedslice::federated::initial_model(&job.spec, init.as_ref(), &device) {
             Ok(model) => model,
@@ -677,26 +699,51 @@ impl Engine {
             }
             Ok(delta)
         };
-        let mean = match spec.aggregation {
-            Aggregation::Fedavg => {
-                // One update in memory at a time: O(model) whatever the number of sites.
-                let mut fedavg = FedAvg::new(schema.clone());
-                for update in updates {
-                    fedavg.add(&load_delta(&update.digest)?, update.samples as f64)?;
-                }
-                fedavg.finish()?
+        let mut note = note.to_owned();
+        let mean = if let Some(dp) = &spec.dp {
+            // DP-FedAvg: uniform weights, fixed denominator, noise once.
+            // Job creation refuses robust rules and sample weighting here.
+            let mut dp_mean = fedslice::privacy::mean::DpMean::new(schema.clone(), dp.clip_norm);
+            for update in updates {
+                let bytes = self.blobs.get(&update.digest)?;
+                dp_mean.add(&wire::decode(&bytes, &limits)?.1)?;
             }
-            Aggregation::Median | Aggregation::TrimmedMean { .. } => {
-                let deltas = updates
-                    .iter()
-                    .map(|u| load_delta(&u.digest))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                match spec.aggregation {
-                    Aggregation::TrimmedMean { trim } => aggregate::trimmed_mean(&deltas, trim)?,
-                    _ => aggregate::coordinate_median(&deltas)?,
+            crate::ledger::record(&self.state(), &job.id, round.round, dp)?;
+            let (mean, dp_round) = dp_mean.finish(
+                dp.expected_sites,
+                dp.noise_multiplier,
+                &mut fedslice::privacy::noise::os_rng()?,
+            )?;
+            note.push_str(&format!(
+                "; DP mean over m = {} ({} clipped here), noise sd {:.3e}",
+                dp.expected_sites, dp_round.clipped_here, dp_round.noise_sd
+            ));
+            mean
+        } else {
+            match spec.aggregation {
+                Aggregation::Fedavg => {
+                    // One update in memory at a time: O(model) whatever the number of sites.
+                    let mut fedavg = FedAvg::new(schema.clone());
+                    for update in updates {
+                        fedavg.add(&load_delta(&update.digest)?, update.samples as f64)?;
+                    }
+                    fedavg.finish()?
+                }
+                Aggregation::Median | Aggregation::TrimmedMean { .. } => {
+                    let deltas = updates
+                        .iter()
+                        .map(|u| load_delta(&u.digest))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    match spec.aggregation {
+                        Aggregation::TrimmedMean { trim } => {
+                            aggregate::trimmed_mean(&deltas, trim)?
+                        }
+                        _ => aggregate::coordinate_median(&deltas)?,
+                    }
                 }
             }
         };
+        let note = note.as_str();
         let previous = match &job.optimizer_state {
             Some(digest) => Some(self.blobs.get(digest)?),
             None => None,
@@ -719,7 +766,13 @@ impl Engine {
             )
         })?;
         crate::crash_points::reached("close:after_model");
+        let mut budget_refusal = None;
         let after = if round.round >= spec.rounds {
+            AfterClose::Finished
+        } else if let Some(why) = crate::ledger::refuse_next(&self.state(), job, round.round + 1)? {
+            // The next round would pass the job's ε budget: it is not run,
+            // and the job ends with this round's model.
+            budget_refusal = Some(why);
             AfterClose::Finished
         } else {
             AfterClose::NextRound {
@@ -735,6 +788,10 @@ impl Engine {
             &after,
         )?;
         if closed {
+            if let Some(why) = &budget_refusal {
+                tracing::warn!(job = %job.id, "{why}");
+                self.state().audit("dp_budget_refused", None, why)?;
+            }
             self.metrics.rounds_closed.inc();
             self.metrics
                 .aggregation_time

@@ -93,7 +93,7 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
     if threshold.is_none() {
         tracing::warn!("no site reported a validation threshold; using 0.5");
     }
-    let config = BundleConfig::new(
+    let mut config = BundleConfig::new(
         job.spec.model.clone(),
         job.spec.preprocess.clone(),
         // Sites pick their plane in site.toml; the consortium task is sagittal.
@@ -106,6 +106,7 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
         },
     );
 
+    config.privacy = crate::ledger::report(&state, &job)?;
     let rounds = state.rounds(job_id)?;
     let round_numbers: Vec<u32> = rounds.iter().map(|r| r.round).collect();
     let mut per_round = Vec::new();

@@ -13,6 +13,7 @@ pub mod crash_points;
 pub mod engine;
 pub mod enrol;
 pub mod export;
+pub mod ledger;
 pub mod operator;
 pub mod pki;
 pub mod report;

@@ -39,13 +39,17 @@ pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Resu
                 let updates = state.updates(&job.id, r.round)?;
                 round_json.push(serde_json::json!({ "round": r, "updates": updates }));
             }
-            out.push(serde_json::json!({ "job": job, "rounds": round_json }));
+            let privacy = crate::ledger::report(state, job)?;
+            out.push(serde_json::json!({ "job": job, "rounds": round_json, "privacy": privacy }));
         }
+        let ledger = crate::ledger::spent(state, 1e-5)?.map(|(spent, releases)| {
+            serde_json::json!({ "spent_at_delta_1e-5": spent, "releases": releases })
+        });
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "service": service, "jobs": out, "sites": sites })
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "service": service, "jobs": out, "sites": sites, "privacy_ledger": ledger
+            }))?
         );
         return Ok(());
     }
@@ -83,6 +87,21 @@ pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Resu
                 .as_ref()
                 .map_or(String::new(), |e| format!("  error: {e}"))
         );
+        if let Some(p) = crate::ledger::report(state, job)? {
+            println!(
+                "    DP: consortium epsilon {:.4} at delta {:e} ({}); z {}, C {}, m {}, {} noised round(s) of this job, {} in the ledger; sampling: {}; budget {}",
+                p.epsilon,
+                p.delta,
+                p.accountant,
+                p.noise_multiplier,
+                p.clip_norm,
+                p.expected_sites,
+                p.rounds,
+                p.ledger_releases,
+                p.sampling,
+                p.epsilon_budget
+            );
+        }
         if let Some(r) = open {
             let updates = state.updates(&job.id, r.round)?;
             let names: Vec<&str> = updates.iter().map(|u| u.site.as_str()).collect();

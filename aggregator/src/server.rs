@@ -240,12 +240,23 @@ async fn post_update(
     result.map(axum::Json)
 }
 
+/// `POST /v1/refusals`: a site declines a job under its privacy policy.
+async fn post_refusal(
+    AxumState(engine): AxumState<Arc<Engine>>,
+    Extension(Site(site)): Extension<Site>,
+    axum::Json(refusal): axum::Json<fedslice::protocol::WorkRefusal>,
+) -> StatusCode {
+    engine.record_refusal(&site, &refusal);
+    StatusCode::NO_CONTENT
+}
+
 fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route(paths::HEALTH, get(health))
         .route(paths::WORK, get(poll_work))
         .route(&format!("{}/{{digest}}", paths::MODELS), get(get_model))
         .route(paths::UPDATES, post(post_update))
+        .route(paths::REFUSALS, post(post_refusal))
         .route(
             &format!("{}/{{digest}}", paths::UPLOADS),
             get(crate::uploads::get_upload).patch(crate::uploads::patch_upload),

@@ -181,7 +181,13 @@ impl State {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::ledger::SCHEMA)?;
         Ok(Self { conn })
+    }
+
+    /// For the privacy ledger's own queries (`crate::ledger`).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {

@@ -21,6 +21,8 @@ pub mod paths {
     /// the aggregator holds; `PATCH {UPLOADS}/{digest}` appends from
     /// [`super::UPLOAD_OFFSET`] towards [`super::UPLOAD_LENGTH`].
     pub const UPLOADS: &str = "/v1/uploads";
+    /// `POST`: a site declines a job its local policy does not allow ([`super::WorkRefusal`]).
+    pub const REFUSALS: &str = "/v1/refusals";
 }
 
 /// Header of a resumable upload chunk: where it starts in the payload.
@@ -104,9 +106,42 @@ pub struct JobSpec {
     /// Fraction of a site's labelled exams held back to evaluate the global model.
     pub validation_fraction: f64,
     pub seed: u64,
+    /// Site-level differential privacy (DP-FedAvg); `None` for a job without it.
+    /// Absent in specs stored before it existed.
+    #[serde(default)]
+    pub dp: Option<crate::privacy::DpConfig>,
 }
 
 impl JobSpec {
+    /// Refuses DP settings that would void the guarantee, with the reason.
+    pub fn check_dp(&self) -> Result<(), String> {
+        let Some(dp) = &self.dp else { return Ok(()) };
+        dp.validate().map_err(|e| e.to_string())?;
+        if self.aggregation != Aggregation::Fedavg {
+            return Err(format!(
+                "a DP job must use --aggregation fedavg: the accountant's sensitivity C/m holds for \
+                 the clipped mean only, and a {:?} of the updates has no such bound",
+                self.aggregation
+            ));
+        }
+        if self.clip_update_norm.is_some() {
+            return Err(
+                "a DP job clips every update to --dp-clip; --clip-update-norm would be a \
+                 second, conflicting clip"
+                    .into(),
+            );
+        }
+        if dp.sampling_rate < 1.0 {
+            return Err(
+                "site sampling (--dp-sampling-rate < 1) is not implemented by the round \
+                 engine: every site trains every round, and claiming amplification by sampling \
+                 that did not happen would understate epsilon"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     pub fn local_epochs(&self) -> usize {
         match self.phase {
             Phase::Pretrain => self.pretrain.epochs,
@@ -188,6 +223,15 @@ impl Work {
         };
         crate::wire::encode(meta, delta, self.spec.dtype, 3)
     }
+}
+
+/// A site declining a job because its local policy (`site.toml` `[privacy]`)
+/// does not allow it; the aggregator audits it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkRefusal {
+    pub job: String,
+    pub round: u32,
+    pub reason: String,
 }
 
 /// Answer to a long-poll for work.

@@ -192,6 +192,20 @@ impl Client {
         Ok(bytes)
     }
 
+    /// Tells the aggregator this site declines a job under its local policy.
+    pub async fn refuse(&self, refusal: &fedslice::protocol::WorkRefusal) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("{}{}", self.base, paths::REFUSALS))
+            .json(refusal)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .with_context(|| format!("telling {} the site refuses {}", self.base, refusal.job))?;
+        Self::check(response).await?;
+        Ok(())
+    }
+
     /// Uploads an update, resuming after whatever part of it an earlier,
     /// interrupted attempt delivered (the aggregator keeps it).
     pub async fn upload(&self, payload: Vec<u8>) -> anyhow::Result<UploadReceipt> {

@@ -26,6 +26,10 @@ pub struct SiteConfig {
     pub device: String,
     #[serde(default = "default_cache")]
     pub cache_dir: PathBuf,
+    /// `[privacy]`: the hospital's own minimum, whatever jobs the consortium
+    /// creates (`require_dp`, `max_epsilon`).
+    #[serde(default)]
+    pub privacy: fedslice::privacy::SitePolicy,
 }
 
 fn default_device() -> String {

@@ -173,6 +173,9 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         // The first poll is answered at once, so the log says from the start
         // whether the site has work or waits; later ones wait for news.
         let mut first = true;
+        // Jobs this site's privacy policy refused: said once (log and
+        // aggregator), then waited out like having no work.
+        let mut refused_jobs = std::collections::BTreeSet::new();
         loop {
             let asked = Instant::now();
             let first_poll = first;
@@ -193,6 +196,31 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
                     continue;
                 }
             };
+            let refusal = poll.work.as_ref().and_then(|w| {
+                config
+                    .privacy
+                    .check(w.spec.dp.as_ref())
+                    .err()
+                    .map(|r| (w, r))
+            });
+            if let Some((work, reason)) = refusal {
+                if refused_jobs.insert(work.job.clone()) {
+                    tracing::warn!(job = %work.job, "refusing the job: {reason}");
+                    let refusal = fedslice::protocol::WorkRefusal {
+                        job: work.job.clone(),
+                        round: work.round,
+                        reason,
+                    };
+                    if let Err(e) = client.refuse(&refusal).await {
+                        tracing::warn!("could not tell the aggregator about the refusal: {e:#}");
+                    }
+                }
+                let floor = idle_poll_floor(options.poll_wait);
+                if let Some(rest) = floor.checked_sub(asked.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+                continue;
+            }
             match poll.work {
                 Some(work) => {
                     last_wait.clear();
@@ -294,7 +322,20 @@ async fn do_round(
             .await
             .context("local training panicked")?;
             let (update, checkpoints) = update;
-            let update = update?;
+            let mut update = update?;
+            if let Some(dp) = &work.spec.dp {
+                // DP-FedAvg: the update Δ (never the weights) leaves the site
+                // with L2 norm at most C; the aggregator adds the noise.
+                let clip = fedslice::privacy::clip::clip_update(&mut update.delta, dp.clip_norm);
+                tracing::info!(
+                    job = %work.job,
+                    round = work.round,
+                    norm = clip.norm,
+                    clip_norm = dp.clip_norm,
+                    clipped = clip.clipped,
+                    "DP job: update clipped"
+                );
+            }
             let payload =
                 work.encode_update(&update.delta, update.samples, update.report.clone())?;
             fedslice::atomic_file::write(&outbox, &payload)

@@ -147,6 +147,7 @@ pub fn run(sites: usize, preset: &str, rounds: u32, work: &Path) -> anyhow::Resu
             device: "flex".into(),
             cache_dir: bundle.join("cache"),
             plane: Default::default(),
+            privacy: Default::default(),
         });
     }
     fedslice(&[

@@ -135,6 +135,10 @@ pub struct BundleConfig {
     pub labels: [String; 2],
     /// What `model.onnx` computes, when the bundle carries one.
     pub onnx: Option<OnnxSpec>,
+    /// The differential-privacy guarantee of the weights (ε, δ, z, C, rounds,
+    /// sampling, accountant); absent when they were trained without DP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::privacy::PrivacyReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +177,7 @@ impl BundleConfig {
             threshold_source: threshold_source.into(),
             labels: ["intact".into(), "acl_tear".into()],
             onnx: None,
+            privacy: None,
         }
     }
 

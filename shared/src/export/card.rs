@@ -263,6 +263,7 @@ pub fn render_model_card(config: &BundleConfig, p: &Provenance) -> String {
          - Sites: {sites}. Pretraining exams: {pretrain}. Labelled exams: {labelled}.\n\
          - No images, headers or patient identifiers left the sites; the aggregator saw only model updates and aggregate metrics.\n\
          - fedslice {version}; bundle format {format_version}. Threshold: {threshold_source}.\n\n\
+         {privacy}\
          ## Validation\n\n\
          | scope | exams | torn | AUC | AUC 95% CI | accuracy | sensitivity | specificity |\n\
          |---|---|---|---|---|---|---|---|\n\
@@ -296,6 +297,42 @@ pub fn render_model_card(config: &BundleConfig, p: &Provenance) -> String {
         format_version = config.format_version,
         threshold_source = config.threshold_source,
         methods = methods.join("\n"),
+        privacy = privacy_section(config),
+    )
+}
+
+/// The card's Privacy section: the number, what it means, and what it does not cover.
+fn privacy_section(config: &BundleConfig) -> String {
+    let Some(p) = &config.privacy else {
+        return "## Privacy\n\
+                - No differential privacy: the weights were trained without clipping and noise, so \
+                no bound is stated on what they reveal about any site or patient.\n\n"
+            .into();
+    };
+    format!(
+        "## Privacy\n\
+         - (ε, δ) = ({eps:.4}, {delta:e}), site-level differential privacy (DP-FedAvg: clipped \
+         updates, uniform weights, Gaussian noise added once per round by the aggregator).\n\
+         - Unit of privacy: {unit}.\n\
+         - What it means: {meaning}\n\
+         - Mechanism: noise multiplier z = {z}, clip norm C = {c}, fixed denominator m = {m} sites, \
+         {rounds} noised rounds of this job; {releases} noised releases in the consortium's ledger \
+         (pretraining and fine-tuning jobs composed). Sampling: {sampling}. Budget: ε ≤ {budget}.\n\
+         - Accountant: {accountant}.\n\
+         - Not covered: {not_covered}.\n\n",
+        eps = p.epsilon,
+        delta = p.delta,
+        unit = p.unit,
+        meaning = p.meaning(),
+        z = p.noise_multiplier,
+        c = p.clip_norm,
+        m = p.expected_sites,
+        rounds = p.rounds,
+        releases = p.ledger_releases,
+        sampling = p.sampling,
+        budget = p.epsilon_budget,
+        accountant = p.accountant,
+        not_covered = p.not_covered,
     )
 }
 

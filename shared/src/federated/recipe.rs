@@ -87,6 +87,7 @@ pub fn job_spec(options: &JobOptions) -> Result<JobSpec, FederatedError> {
         max_update_norm: 1.0e4,
         validation_fraction: 0.2,
         seed: options.seed,
+        dp: None,
     })
 }
 

@@ -118,6 +118,104 @@ impl DpConfig {
     }
 }
 
+/// What a site's `site.toml` `[privacy]` table demands of every job it trains for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SitePolicy {
+    /// Refuse jobs without differential privacy.
+    #[serde(default)]
+    pub require_dp: bool,
+    /// Refuse DP jobs whose ε budget (the most the consortium's ledger may
+    /// reach through the job) is above this.
+    #[serde(default)]
+    pub max_epsilon: Option<f64>,
+}
+
+impl SitePolicy {
+    /// `Err(reason)` if a job with `dp` breaks this policy.
+    pub fn check(&self, dp: Option<&DpConfig>) -> Result<(), String> {
+        match dp {
+            None if self.require_dp || self.max_epsilon.is_some() => {
+                Err("this site's policy requires differential privacy and the job has none".into())
+            }
+            None => Ok(()),
+            Some(dp) => {
+                dp.validate().map_err(|e| e.to_string())?;
+                match self.max_epsilon {
+                    Some(max) if max.is_nan() || dp.epsilon_budget > max => Err(format!(
+                        "the job's epsilon budget {} is above this site's max_epsilon {max}",
+                        dp.epsilon_budget
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// The privacy statement of a released model, for status, model cards and
+/// bundles: everything a reader needs to check the number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyReport {
+    /// ε of everything the consortium released up to this model, at `delta`.
+    pub epsilon: f64,
+    pub delta: f64,
+    pub accountant: String,
+    pub noise_multiplier: f64,
+    pub clip_norm: f64,
+    /// Rounds of this job that were released with noise.
+    pub rounds: u64,
+    /// Noised releases in the consortium's ledger (every job, this one included).
+    pub ledger_releases: u64,
+    pub sampling: String,
+    pub expected_sites: u32,
+    pub epsilon_budget: f64,
+    pub unit: String,
+    /// What the guarantee does not cover.
+    pub not_covered: String,
+}
+
+/// The unit of privacy, in words.
+pub const UNIT: &str =
+    "one site's whole contribution in one round (every exam of one hospital, add/remove)";
+/// What ε does not cover, in words.
+pub const NOT_COVERED: &str = "the per-site metrics sent in plaintext with every update (sample counts, local losses, validation AUC, counts and threshold), which are released without noise; the aggregator itself sees each site's clipped update before noise";
+
+impl PrivacyReport {
+    pub fn new(dp: &DpConfig, spent: &Spent, rounds: u64, ledger_releases: u64) -> Self {
+        PrivacyReport {
+            epsilon: spent.epsilon,
+            delta: spent.delta,
+            accountant: spent.accountant.clone(),
+            noise_multiplier: dp.noise_multiplier,
+            clip_norm: dp.clip_norm,
+            rounds,
+            ledger_releases,
+            sampling: if dp.sampling_rate >= 1.0 {
+                "none: every site in every round (no amplification claimed)".into()
+            } else {
+                format!("Poisson, q = {}", dp.sampling_rate)
+            },
+            expected_sites: dp.expected_sites,
+            epsilon_budget: dp.epsilon_budget,
+            unit: UNIT.into(),
+            not_covered: NOT_COVERED.into(),
+        }
+    }
+
+    /// One sentence a privacy officer can check.
+    pub fn meaning(&self) -> String {
+        format!(
+            "For any one site, everything the consortium released is almost as likely with or \
+             without that site's data in any round: no outcome becomes more than e^{:.3} = {:.3e} \
+             times more likely, except with probability at most {:e}.",
+            self.epsilon,
+            self.epsilon.exp(),
+            self.delta
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +262,33 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn site_policy_refuses_jobs_that_break_it() {
+        let strict = SitePolicy {
+            require_dp: true,
+            max_epsilon: Some(8.0),
+        };
+        assert!(strict.check(None).unwrap_err().contains("requires"));
+        assert!(strict.check(Some(&config())).is_ok());
+        let loose = DpConfig {
+            epsilon_budget: 20.0,
+            ..config()
+        };
+        assert!(
+            strict
+                .check(Some(&loose))
+                .unwrap_err()
+                .contains("max_epsilon")
+        );
+        // A max_epsilon alone also implies DP; no policy allows anything.
+        let cap = SitePolicy {
+            require_dp: false,
+            max_epsilon: Some(8.0),
+        };
+        assert!(cap.check(None).is_err());
+        assert!(SitePolicy::default().check(None).is_ok());
     }
 
     #[test]
