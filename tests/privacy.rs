@@ -38,6 +38,28 @@ fn blob(consortium: &Consortium, digest: &str) -> TensorMap {
         .1
 }
 
+/// `GET /metrics` from the operator listener (plain HTTP on loopback).
+fn metrics(base: &str) -> String {
+    use std::io::{Read, Write};
+    let authority = base
+        .strip_prefix("http://")
+        .expect("http URL")
+        .replace("0.0.0.0", "127.0.0.1");
+    let mut stream = std::net::TcpStream::connect(&authority).expect("operator listener");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .expect("HTTP response")
+        .1
+        .to_string()
+}
+
 fn audit_events<'a>(audit: &'a [serde_json::Value], event: &str) -> Vec<&'a serde_json::Value> {
     audit.iter().filter(|e| e["event"] == event).collect()
 }
@@ -198,6 +220,24 @@ fn a_dp_job_stops_at_its_budget_and_reports_epsilon() {
         .expect("epsilon");
     // The status reports the consortium's ε as of now for every DP job.
     assert_eq!(pre, spent);
+    // The operator's /metrics carries the same number.
+    let metrics = metrics(&consortium.operator_url());
+    let line = format!("fedslice_dp_epsilon{{job=\"{finetune}\"}} ");
+    let scraped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line} in {metrics}"));
+    assert!(
+        (scraped - spent).abs() <= 1e-9 * spent,
+        "{scraped} vs {spent}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "fedslice_dp_noised_rounds{{job=\"{pretrain}\"}} 2"
+        )),
+        "{metrics}"
+    );
     let text = consortium.aggregator(&["status"]);
     assert!(
         text.contains(&format!("DP: consortium epsilon {spent:.4}")),

@@ -63,7 +63,31 @@ pub struct Metrics {
     database_bytes: Gauge,
     blob_store_bytes: Gauge,
     certificate_days_left: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Per DP job: epsilon, delta, z, C, noised rounds, sampling rate (label `job`).
+    dp: [Family<Labels, Gauge<f64, AtomicU64>>; 6],
 }
+
+/// Names and help of the privacy gauges, in the order of [`Metrics::dp`].
+const DP_GAUGES: [(&str, &str); 6] = [
+    (
+        "dp_epsilon",
+        "Epsilon of everything the consortium released (the privacy ledger), at the job's delta",
+    ),
+    ("dp_delta", "Delta of the job's reported (epsilon, delta)"),
+    ("dp_noise_multiplier", "Noise multiplier z of the DP job"),
+    (
+        "dp_clip_norm",
+        "L2 clip norm C of the site updates of the DP job",
+    ),
+    (
+        "dp_noised_rounds",
+        "Rounds of the DP job released with noise",
+    ),
+    (
+        "dp_sampling_rate",
+        "Poisson site-sampling rate q of the DP job (1 = every site)",
+    ),
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -150,6 +174,10 @@ impl Metrics {
             "Days until a certificate expires (ca, server, and each site's)",
             certificate_days_left.clone(),
         );
+        let dp: [Family<Labels, Gauge<f64, AtomicU64>>; 6] = Default::default();
+        for ((name, help), family) in DP_GAUGES.iter().zip(&dp) {
+            registry.register(*name, *help, family.clone());
+        }
         Self {
             registry,
             rounds_opened,
@@ -165,6 +193,7 @@ impl Metrics {
             database_bytes,
             blob_store_bytes,
             certificate_days_left,
+            dp,
         }
     }
 
@@ -221,6 +250,31 @@ impl Metrics {
             }
             Err(e) => tracing::debug!("metrics: reading sites: {e:#}"),
         }
+        if let Err(e) = self.refresh_privacy(engine) {
+            tracing::debug!("metrics: reading the privacy ledger: {e:#}");
+        }
+    }
+
+    fn refresh_privacy(&self, engine: &Engine) -> anyhow::Result<()> {
+        let state = engine.state();
+        for job in state.jobs()? {
+            let Some(p) = crate::ledger::report(&state, &job)? else {
+                continue;
+            };
+            let label = vec![("job".into(), job.id.clone())];
+            let values = [
+                p.epsilon,
+                p.delta,
+                p.noise_multiplier,
+                p.clip_norm,
+                p.rounds as f64,
+                job.spec.dp.as_ref().map_or(1.0, |dp| dp.sampling_rate),
+            ];
+            for (family, value) in self.dp.iter().zip(values) {
+                family.get_or_create(&label).set(value);
+            }
+        }
+        Ok(())
     }
 
     fn encode(&self) -> Result<String, std::fmt::Error> {
