@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -195,6 +196,26 @@ pub struct ServeArgs {
     /// every request; needed to bind it to a non-loopback address.
     #[arg(long, value_name = "FILE")]
     pub operator_token_file: Option<PathBuf>,
+    /// Open site connections at once; more are closed unanswered.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// TLS handshakes in progress at once; more are closed unanswered.
+    #[arg(long, default_value_t = 64)]
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress at once from one address.
+    #[arg(long, default_value_t = 16)]
+    pub max_handshakes_per_ip: usize,
+    /// Longest a TLS handshake may take.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_s)]
+    pub handshake_timeout: u64,
+    /// Longest a connection may wait without a complete request head (new or
+    /// kept alive), and the longest pause inside an upload body.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_s)]
+    pub idle_timeout: u64,
+    /// Refusals from one peer within this window share one audit row that
+    /// records their count (the first is written at once).
+    #[arg(long, default_value = "60s", value_parser = parse_duration_s)]
+    pub refusal_window: u64,
 }
 
 #[derive(Args, Debug)]
@@ -217,7 +238,8 @@ pub fn parse_duration_s(s: &str) -> Result<u64, String> {
         "h" => 3600,
         _ => return Err(format!("`{s}`: unknown unit `{unit}` (use s, m or h)")),
     };
-    Ok(n * scale)
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{s}` is too long a duration"))
 }
 
 /// Host and port of an `https://HOST:PORT` URL.
@@ -498,6 +520,14 @@ fn serve(dir: &Path, args: &ServeArgs) -> anyhow::Result<()> {
         crate::server::ServeOptions {
             listen,
             max_body_bytes: args.max_body_mib << 20,
+            limits: crate::limits::ConnectionLimits {
+                max_connections: args.max_connections.max(1),
+                max_handshakes: args.max_handshakes.max(1),
+                max_handshakes_per_ip: args.max_handshakes_per_ip.max(1),
+                handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
+                idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+            },
+            refusal_window: Duration::from_secs(args.refusal_window),
             operator,
         },
     ))

@@ -129,6 +129,10 @@ pub struct Engine {
     pub(crate) uploads: crate::uploads::InProgress,
     /// What the operator listener's `/metrics` reports.
     pub metrics: crate::operator::Metrics,
+    /// Refusals counted into coalesced audit rows.
+    pub refusals: crate::refusals::Refusals,
+    /// Longest gap between chunks of an upload body.
+    pub body_idle_timeout: std::time::Duration,
 }
 
 /// Requests a site may make in a burst, and per second after it. An agent
@@ -175,7 +179,55 @@ impl Engine {
             ticking: Mutex::new(()),
             uploads: Default::default(),
             metrics: crate::operator::Metrics::new(),
+            refusals: crate::refusals::Refusals::new(crate::refusals::DEFAULT_WINDOW),
+            body_idle_timeout: crate::limits::ConnectionLimits::default().idle_timeout,
         })
+    }
+
+    /// How long refusals from one peer are counted into one audit row.
+    pub fn with_refusal_window(mut self, window: std::time::Duration) -> Self {
+        self.refusals = crate::refusals::Refusals::new(window);
+        self
+    }
+
+    /// Counts a refusal; writes its audit row (and log line) only when it is
+    /// the first of its window from that peer. Returns whether it wrote, so
+    /// async callers can keep the write off their thread when it does.
+    pub fn note_refusal(
+        &self,
+        event: &'static str,
+        site: Option<&str>,
+        peer: &str,
+        reason: &str,
+    ) -> Option<crate::refusals::Entry> {
+        let entry = self
+            .refusals
+            .note(event, site, peer, reason, std::time::Instant::now())?;
+        tracing::warn!(site = site.unwrap_or("-"), "{event}: {}", entry.detail);
+        Some(entry)
+    }
+
+    pub fn write_refusals(&self, entries: Vec<crate::refusals::Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let state = self.state();
+        for entry in entries {
+            if let Err(e) = state.audit_counted(
+                entry.event,
+                entry.site.as_deref(),
+                &entry.detail,
+                entry.count,
+            ) {
+                tracing::error!("writing audit log: {e}");
+            }
+        }
+    }
+
+    /// Writes the rows of refusal windows that have ended (from the round
+    /// task's tick, off the async workers).
+    pub fn flush_refusals(&self) {
+        self.write_refusals(self.refusals.due(std::time::Instant::now()));
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -286,22 +338,34 @@ impl Engine {
             Some(_) => None,
         };
         if let Some(reason) = refusal {
-            tracing::warn!(site = %peer.common_name, "refused: {reason}");
             self.metrics.refused_request("forbidden");
-            self.audit_event("request_refused", Some(&peer.common_name), &reason);
+            // Throttled before anything is written (security review M3), in
+            // a bucket of its own so a superseded certificate cannot spend
+            // the site's current one's allowance; then audited coalesced.
+            self.take_token(&format!("refused:{}", peer.fingerprint), &peer.common_name)?;
+            let who = format!(
+                "certificate {}",
+                peer.fingerprint.get(..16).unwrap_or(&peer.fingerprint)
+            );
+            if let Some(entry) =
+                self.note_refusal("request_refused", Some(&peer.common_name), &who, &reason)
+            {
+                self.write_refusals(vec![entry]);
+            }
             return Err(Rejection::Forbidden(reason));
         }
-        self.take_token(&peer.common_name)?;
+        self.take_token(&peer.common_name, &peer.common_name)?;
         self.state()
             .touch_site(&peer.common_name)
             .map_err(internal)?;
         Ok(())
     }
 
-    fn take_token(&self, site: &str) -> Result<(), Rejection> {
+    /// One request from `bucket`'s allowance; `site` names it in the audit.
+    fn take_token(&self, bucket: &str, site: &str) -> Result<(), Rejection> {
         let mut rate = self.rate.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
-        let bucket = rate.entry(site.to_string()).or_insert(Bucket {
+        let bucket = rate.entry(bucket.to_string()).or_insert(Bucket {
             tokens: BURST,
             at: now,
             limited: false,

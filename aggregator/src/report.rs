@@ -131,12 +131,17 @@ pub fn audit(state: &State, limit: usize, json: bool) -> anyhow::Result<()> {
     }
     for r in rows {
         println!(
-            "{:>6} {} {:<18} {:<12} {}",
+            "{:>6} {} {:<18} {:<12} {}{}",
             r.id,
             utc(r.at),
             r.event,
             r.site.as_deref().unwrap_or("-"),
-            r.detail
+            r.detail,
+            if r.count > 1 {
+                format!(" [x{}]", r.count)
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())

@@ -19,7 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use fedslice::protocol::{ApiError, PollResponse, UploadReceipt, paths};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::TlsAcceptor;
@@ -30,11 +30,13 @@ use crate::pki::{PeerIdentity, peer_identity};
 /// How long a site's long-poll may wait before an empty answer; kept below
 /// common proxy idle timeouts.
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(25);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    pub limits: crate::limits::ConnectionLimits,
+    /// How long refusals from one peer are counted into one audit row.
+    pub refusal_window: Duration,
     /// The operator listener; `None` when switched off.
     pub operator: Option<crate::operator::OperatorOptions>,
 }
@@ -92,7 +94,19 @@ async fn authorise(
                 .insert(Site(peer.common_name.clone()));
             next.run(request).await
         }
-        Err(rejection) => rejection.into_response(),
+        Err(rejection) => {
+            // A certificate that is refused will be refused on every request:
+            // close its connection rather than let it hold a slot (M3).
+            let forbidden = matches!(rejection, Rejection::Forbidden(_));
+            let mut response = rejection.into_response();
+            if forbidden {
+                response.headers_mut().insert(
+                    header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            response
+        }
     }
 }
 
@@ -190,6 +204,23 @@ async fn get_model(
     }
 }
 
+/// The next chunk of a body, or a refusal if the client stalls longer than
+/// `idle` (hyper bounds only the request head; a body can trickle forever).
+pub(crate) async fn next_chunk<S, T>(stream: &mut S, idle: Duration) -> Result<Option<T>, Rejection>
+where
+    S: futures_util::Stream<Item = T> + Unpin,
+{
+    use futures_util::StreamExt;
+    tokio::time::timeout(idle, stream.next())
+        .await
+        .map_err(|_| {
+            Rejection::BadRequest(format!(
+                "upload stalled: nothing received for {} s",
+                idle.as_secs()
+            ))
+        })
+}
+
 /// Streams the body to a temporary file (bounded by the body limit) so a
 /// large update never sits in memory twice, then validates it.
 async fn post_update(
@@ -197,7 +228,6 @@ async fn post_update(
     Extension(Site(site)): Extension<Site>,
     body: Body,
 ) -> Result<axum::Json<UploadReceipt>, Rejection> {
-    use futures_util::StreamExt;
     let tmp = engine.incoming_path();
     let result = async {
         let mut file = tokio::fs::File::create(&tmp)
@@ -205,7 +235,7 @@ async fn post_update(
             .map_err(|e| Rejection::Internal(format!("spooling upload: {e}")))?;
         let mut stream = body.into_data_stream();
         let mut received = 0usize;
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = next_chunk(&mut stream, engine.body_idle_timeout).await? {
             let chunk = chunk.map_err(|e| {
                 Rejection::BadRequest(format!("upload interrupted or over the size limit: {e}"))
             })?;
@@ -269,7 +299,10 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
     // Held until the process exits: `aggregator status` reads it as running.
     let mut serve_lock =
         crate::operator::ServeLock::acquire(&crate::engine::StatePaths::new(state_dir))?;
-    let engine = Arc::new(Engine::open(state_dir, options.max_body_bytes)?);
+    let mut engine = Engine::open(state_dir, options.max_body_bytes)?
+        .with_refusal_window(options.refusal_window);
+    engine.body_idle_timeout = options.limits.idle_timeout;
+    let engine = Arc::new(engine);
     let tls = engine.tls_server_config()?;
     let acceptor = TlsAcceptor::from(tls);
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -289,7 +322,12 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
     tokio::spawn(async move {
         loop {
             let engine = ticker.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || engine.advance()).await {
+            if let Err(e) = tokio::task::spawn_blocking(move || {
+                engine.advance();
+                engine.flush_refusals();
+            })
+            .await
+            {
                 tracing::error!("round task panicked: {e}");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -297,6 +335,7 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
     });
 
     let app = router(engine.clone());
+    let gate = crate::limits::Gate::new(options.limits);
     loop {
         let (tcp, peer_addr) = match listener.accept().await {
             Ok(conn) => conn,
@@ -306,23 +345,41 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
                 continue;
             }
         };
+        let (connection, handshake) = match gate.admit(peer_addr.ip()) {
+            Ok(permits) => permits,
+            Err(refused) => {
+                // Closed before any TLS work; counted, and audited once per
+                // window per address and reason.
+                drop(tcp);
+                engine.metrics.refused_request("connection_limit");
+                let reason = refused.reason(&gate.limits);
+                refuse(
+                    &engine,
+                    "connection_refused",
+                    &peer_addr.ip().to_string(),
+                    &reason,
+                );
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         let engine = engine.clone();
+        let limits = gate.limits.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let _connection = connection;
+            let peer_ip = peer_addr.ip().to_string();
+            let accepted =
+                tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+            drop(handshake);
+            let tls = match accepted {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::warn!(peer = %peer_addr, "TLS handshake refused: {e}");
-                    engine.audit_event("tls_refused", None, &format!("peer {peer_addr}: {e}"));
+                    refuse(&engine, "tls_refused", &peer_ip, &e.to_string());
                     return;
                 }
                 Err(_) => {
-                    engine.audit_event(
-                        "tls_refused",
-                        None,
-                        &format!("peer {peer_addr}: handshake timed out"),
-                    );
+                    refuse(&engine, "tls_refused", &peer_ip, "handshake timed out");
                     return;
                 }
             };
@@ -335,24 +392,26 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
             {
                 Some(Ok(identity)) => identity,
                 Some(Err(e)) => {
-                    engine.audit_event(
+                    refuse(
+                        &engine,
                         "tls_refused",
-                        None,
-                        &format!("peer {peer_addr}: unreadable certificate: {e}"),
+                        &peer_ip,
+                        &format!("unreadable certificate: {e}"),
                     );
                     return;
                 }
                 None => {
-                    engine.audit_event(
-                        "tls_refused",
-                        None,
-                        &format!("peer {peer_addr}: no client certificate"),
-                    );
+                    refuse(&engine, "tls_refused", &peer_ip, "no client certificate");
                     return;
                 }
             };
             let service = TowerToHyperService::new(app.layer(Extension(Arc::new(identity))));
+            // Without a timer hyper silently ignores its header timeout
+            // (security review M3). The timeout also runs while a kept-alive
+            // connection waits for its next request, so it is the idle limit.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.idle_timeout)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tls), service)
                 .await
@@ -360,5 +419,14 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
                 tracing::debug!(peer = %peer_addr, "connection ended: {e}");
             }
         });
+    }
+}
+
+/// Counts a connection-level refusal; the rare audit write it leads to runs
+/// on a blocking thread, never on the accept loop.
+fn refuse(engine: &Arc<Engine>, event: &'static str, peer: &str, reason: &str) {
+    if let Some(entry) = engine.note_refusal(event, None, peer, reason) {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || engine.write_refusals(vec![entry]));
     }
 }

@@ -146,6 +146,8 @@ pub struct AuditRow {
     pub event: String,
     pub site: Option<String>,
     pub detail: String,
+    /// Occurrences this row stands for (coalesced refusals); 1 otherwise.
+    pub count: u64,
 }
 
 /// Outcome of recording an update for (job, round, site).
@@ -182,6 +184,16 @@ impl State {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::ledger::SCHEMA)?;
+        // Coalesced refusals (security review M2) record how many attempts
+        // one row stands for; older databases gain the column here.
+        let has_count: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('audit') WHERE name = 'count'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_count {
+            conn.execute_batch("ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1")?;
+        }
         Ok(Self { conn })
     }
 
@@ -207,16 +219,33 @@ impl State {
     }
 
     pub fn audit(&self, event: &str, site: Option<&str>, detail: &str) -> Result<(), StateError> {
+        self.audit_counted(event, site, detail, 1)
+    }
+
+    /// One audit row standing for `count` occurrences of the same event.
+    pub fn audit_counted(
+        &self,
+        event: &str,
+        site: Option<&str>,
+        detail: &str,
+        count: u64,
+    ) -> Result<(), StateError> {
         self.conn.execute(
-            "INSERT INTO audit (at, event, site, detail) VALUES (?1, ?2, ?3, ?4)",
-            params![now(), event, site, detail],
+            "INSERT INTO audit (at, event, site, detail, count) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                now(),
+                event,
+                site,
+                detail,
+                i64::try_from(count).unwrap_or(i64::MAX)
+            ],
         )?;
         Ok(())
     }
 
     pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditRow>, StateError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, at, event, site, detail FROM
+            "SELECT id, at, event, site, detail, count FROM
                (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
@@ -226,6 +255,7 @@ impl State {
                 event: r.get(2)?,
                 site: r.get(3)?,
                 detail: r.get(4)?,
+                count: r.get::<_, i64>(5)?.max(1) as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -135,7 +135,6 @@ async fn append(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Rejection> {
-    use futures_util::StreamExt;
     let path = part_path(engine, site, digest)?;
     let offset = header_u64(headers, UPLOAD_OFFSET)?;
     let length = header_u64(headers, UPLOAD_LENGTH)?;
@@ -170,7 +169,17 @@ async fn append(
         .await
         .map_err(io)?;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let next = match crate::server::next_chunk(&mut stream, engine.body_idle_timeout).await {
+            Ok(next) => next,
+            Err(stalled) => {
+                // Keep what arrived: the site resumes from here.
+                let _ = file.flush().await;
+                let _ = file.sync_data().await;
+                return Err(stalled);
+            }
+        };
+        let Some(chunk) = next else { break };
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(e) => {

@@ -71,6 +71,10 @@ impl Client {
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
             .tcp_keepalive(Duration::from_secs(30))
+            // Below the aggregator's idle timeout (30 s by default), so a
+            // pooled connection is dropped here before the server closes it
+            // under a request in flight.
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .context("building the HTTPS client")?;
         Ok(Self {
