@@ -130,6 +130,14 @@ fn a_dp_job_stops_at_its_budget_and_reports_epsilon() {
     assert!(plan.contains("only 2 of 3 rounds fit the budget"), "{plan}");
     assert!(plan.contains(&format!("{:.4}", eps(3))), "{plan}");
     assert!(plan.contains("utility warning"), "{plan}");
+    let z_all = accountant::calibrate_z(&[], 3, 1.0, budget, DELTA)
+        .expect("calibrates")
+        .expect("a z fits");
+    assert!(z_all > Z);
+    assert!(
+        plan.contains(&format!("z >= {z_all:.4} would fit all 3 rounds")),
+        "{plan}"
+    );
     let mut finetune_args = job_args("finetune", "1", dp(1000.0));
     finetune_args.extend(["--init-from".into(), pretrain.clone()]);
     let finetune = run(&finetune_args);

@@ -463,6 +463,16 @@ fn dp_plan(
             fit + 1
         )
     };
+    let calibrated = match accountant::calibrate_z(
+        &earlier,
+        rounds,
+        dp.sampling_rate,
+        dp.epsilon_budget,
+        dp.delta,
+    )? {
+        Some(z) => format!("z >= {z:.4} would fit all {rounds} rounds in the budget"),
+        None => "no z fits a round in the budget: earlier jobs have spent it".into(),
+    };
     let ratio = dp.noise_to_signal(parameters);
     Ok(format!(
         "differential privacy (DP-FedAvg); unit of privacy: {unit}\n\
@@ -470,7 +480,7 @@ fn dp_plan(
          fixed denominator (sample counts do not weight a DP mean); sampling: {sampling}\n\
          - epsilon of this job alone over {rounds} rounds: {alone:.4} ({acc})\n\
          - epsilon of the consortium after it: {total:.4} (the ledger already holds {so_far:.4})\n\
-         - {budget_line}\n\
+         - {budget_line}; {calibrated}\n\
          - utility warning: the noise sd per coordinate is z*C/m = {sd:.4e}, i.e. {rel:.4} x the clip \
          norm; over {parameters} parameters the noise norm is {ratio:.1} x the largest possible mean \
          update (z*sqrt(d)/m){verdict}",

@@ -253,6 +253,51 @@ pub fn epsilon(releases: &[Release], delta: f64) -> Result<Spent, AccountantErro
     }
 }
 
+/// The smallest noise multiplier z (to ~1e-9 relative) at which `earlier`
+/// plus `rounds` releases at sampling rate `q` stay within `epsilon` at
+/// `delta`, by bisection on the monotone accountant; `None` if even z = 1e6
+/// does not (the earlier releases alone spend the budget).
+pub fn calibrate_z(
+    earlier: &[Release],
+    rounds: u64,
+    q: f64,
+    epsilon_budget: f64,
+    delta: f64,
+) -> Result<Option<f64>, AccountantError> {
+    let spend = |z: f64| -> Result<f64, AccountantError> {
+        let mut all = earlier.to_vec();
+        all.push(Release {
+            z,
+            q,
+            count: rounds,
+        });
+        Ok(epsilon(&all, delta)?.epsilon)
+    };
+    let mut hi = 1.0;
+    while spend(hi)? > epsilon_budget {
+        hi *= 2.0;
+        if hi > 1e6 {
+            return Ok(None);
+        }
+    }
+    let mut lo = hi / 2.0;
+    while lo > 1e-6 && spend(lo)? <= epsilon_budget {
+        lo /= 2.0;
+    }
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if spend(mid)? <= epsilon_budget {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+        if hi - lo <= 1e-10 * hi {
+            break;
+        }
+    }
+    Ok(Some(hi))
+}
+
 fn check(releases: &[Release], delta: f64) -> Result<(), AccountantError> {
     if !(delta > 0.0 && delta < 1.0) {
         return Err(AccountantError::Delta(delta));
@@ -431,6 +476,27 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!((s.epsilon - 8.0).abs() < 1e-5, "{}", s.epsilon);
+    }
+
+    #[test]
+    fn calibration_matches_the_review_table() {
+        // Review §2.3: z for a target ε at δ = 1e-5, q = 1 (exact Gaussian).
+        for (eps, t, want) in [
+            (8.0, 100, 6.002291),
+            (1.0, 10, 11.797293),
+            (3.0, 1000, 43.974426),
+            (10.0, 10, 1.580787),
+        ] {
+            let z = calibrate_z(&[], t, 1.0, eps, 1e-5).unwrap().unwrap();
+            assert!((z - want).abs() < 1e-6, "eps {eps} T {t}: {z} vs {want}");
+            assert!(epsilon(&one(z, 1.0, t), 1e-5).unwrap().epsilon <= eps);
+        }
+        // Earlier releases leave less room: more noise for the same budget.
+        let earlier = one(1.0, 1.0, 10);
+        let z = calibrate_z(&earlier, 10, 1.0, 20.0, 1e-5).unwrap().unwrap();
+        assert!(z > calibrate_z(&[], 10, 1.0, 20.0, 1e-5).unwrap().unwrap());
+        // A budget the earlier releases already spent cannot be met.
+        assert_eq!(calibrate_z(&earlier, 1, 1.0, 5.0, 1e-5).unwrap(), None);
     }
 
     #[test]
