@@ -79,7 +79,7 @@ fn three_sites_pretrain_and_finetune_over_mutual_tls() {
 
     // The global model advanced once per round, to a new version each time.
     let status = consortium.status();
-    for (job, rounds) in [(&pretrain, 2), (&finetune, 2)] {
+    for (job, rounds) in [(&pretrain, 2u32), (&finetune, 2)] {
         let entry = status["jobs"]
             .as_array()
             .and_then(|jobs| jobs.iter().find(|j| j["job"]["id"] == job.as_str()))
@@ -87,14 +87,19 @@ fn three_sites_pretrain_and_finetune_over_mutual_tls() {
         assert_eq!(entry["job"]["status"], "finished", "{job}: {entry}");
         assert_eq!(entry["job"]["model_version"], rounds);
         let rounds_json = entry["rounds"].as_array().expect("rounds");
-        assert_eq!(rounds_json.len(), rounds as usize);
+        // A finetune job ends with its evaluation round, which scores the
+        // final model and changes nothing.
+        let evaluated = job == &finetune;
+        assert_eq!(rounds_json.len(), rounds as usize + usize::from(evaluated));
+        let (training, evaluation) = rounds_json.split_at(rounds as usize);
         let mut digests = vec![
             rounds_json[0]["round"]["base_digest"]
                 .as_str()
                 .expect("base")
                 .to_string(),
         ];
-        for r in rounds_json {
+        for r in training {
+            assert_eq!(r["evaluation"], false, "{r}");
             assert_eq!(r["round"]["status"], "closed");
             assert_eq!(
                 r["updates"].as_array().map(Vec::len),
@@ -108,12 +113,33 @@ fn three_sites_pretrain_and_finetune_over_mutual_tls() {
             assert!(!digests.contains(&result), "round did not change the model");
             digests.push(result);
         }
+        for r in evaluation {
+            assert_eq!(r["evaluation"], true, "{r}");
+            assert_eq!(r["round"]["status"], "closed");
+            assert_eq!(
+                r["round"]["result_digest"].as_str(),
+                digests.last().map(String::as_str),
+                "the evaluation round must leave the final model as it was: {r}"
+            );
+            let updates = r["updates"].as_array().expect("updates");
+            assert_eq!(updates.len(), 3, "every site scored the final model: {r}");
+            for u in updates {
+                assert!(
+                    u["metrics"]["val_exams"].is_number() && u["metrics"]["loss_first"].is_null(),
+                    "an evaluation report carries validation numbers and no training: {u}"
+                );
+            }
+        }
     }
 
     // Each agent's privacy log lists only update payloads, one per round.
     for bundle in &bundles {
         let sent = PayloadLog::read(&bundle.join("cache")).expect("payload log");
-        assert_eq!(sent.len(), 4, "one payload per round: {sent:?}");
+        assert_eq!(
+            sent.len(),
+            5,
+            "one payload per round, the evaluation round included: {sent:?}"
+        );
         assert!(sent.iter().all(|p| p.kind == "update"), "{sent:?}");
         assert!(sent.iter().all(|p| p.bytes > 0 && p.samples > 0));
     }
@@ -131,8 +157,16 @@ fn three_sites_pretrain_and_finetune_over_mutual_tls() {
     let Bundle {
         model: classifier,
         config: meta,
+        provenance,
         ..
     } = Bundle::open(&model_dir, &device).expect("load exported model");
+    // The card's per-site numbers and the threshold describe the exported
+    // model: they come from the evaluation round (3), not round 2's entry model.
+    assert_eq!(
+        provenance.details["validation_round"], 3,
+        "{:?}",
+        provenance.details
+    );
     let test: Vec<_> = sites
         .iter()
         .flat_map(|s| s.valid.iter())

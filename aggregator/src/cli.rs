@@ -359,16 +359,7 @@ fn create_job(dir: &Path, args: &JobArgs) -> anyhow::Result<()> {
         "trimmed-mean" => Aggregation::TrimmedMean { trim: args.trim },
         other => bail!("unknown --aggregation `{other}` (fedavg, median or trimmed-mean)"),
     };
-    let server_optimizer = match args.server_optimizer.as_str() {
-        "sgd" => ServerOptimizer::Sgd { lr: args.server_lr },
-        "adam" => ServerOptimizer::Adam {
-            lr: args.server_lr,
-            beta1: 0.9,
-            beta2: 0.99,
-            eps: 1e-3,
-        },
-        other => bail!("unknown --server-optimizer `{other}` (sgd or adam)"),
-    };
+    let server_optimizer = ServerOptimizer::named(&args.server_optimizer, args.server_lr)?;
     let spec = fedslice::federated::job_spec(&fedslice::federated::JobOptions {
         phase: args.phase,
         preset: args.preset.clone(),

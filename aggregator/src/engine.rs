@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 use axum::http::StatusCode;
-use fedslice::aggregate::{self, FedAvg};
+use fedslice::aggregate;
 use fedslice::federated::SiteReport;
-use fedslice::protocol::{Aggregation, JobSpec, PollResponse, UploadReceipt, Work};
+use fedslice::protocol::{JobSpec, PollResponse, UploadReceipt, Work};
 use fedslice::wire::{self, DecodeLimits, Dtype, PayloadKind, PayloadMeta, Schema, TensorMap};
 use tokio::sync::Notify;
 
@@ -572,6 +572,23 @@ impl Engine {
             .check(&delta)
             .map_err(|e| Rejection::Unprocessable(e.to_string()))?;
         let norm = delta.l2_norm();
+        if job.spec.is_evaluation_round(round.round) {
+            // Only the scores of the final model may leave a site here.
+            if norm != 0.0 {
+                return Err(Rejection::Unprocessable(format!(
+                    "round {} of {} is its evaluation round, which carries no weights, \
+                     but this update has norm {norm:.3e} (an agent older than the \
+                     evaluation round trains instead; upgrade it)",
+                    round.round, job.id
+                )));
+            }
+            if report.validation.is_none() {
+                return Err(Rejection::Unprocessable(format!(
+                    "round {} of {} is its evaluation round, but the site report has no validation",
+                    round.round, job.id
+                )));
+            }
+        }
         // A NaN norm is refused too (the payload was checked finite, but be explicit).
         if norm.is_nan() || norm > job.spec.max_update_norm {
             return Err(Rejection::Unprocessable(format!(
@@ -750,6 +767,9 @@ impl Engine {
         updates: &[crate::state::UpdateRow],
         note: &str,
     ) -> anyhow::Result<bool> {
+        if job.spec.is_evaluation_round(round.round) {
+            return self.close_evaluation_round(job, round, updates, note);
+        }
         let aggregating = std::time::Instant::now();
         let (_, mut global) = self.load_model(&round.base_digest)?;
         let schema = global.schema();
@@ -757,11 +777,7 @@ impl Engine {
         let spec: &JobSpec = &job.spec;
         let load_delta = |digest: &str| -> anyhow::Result<TensorMap> {
             let bytes = self.blobs.get(digest)?;
-            let (_, mut delta) = wire::decode(&bytes, &limits)?;
-            if let Some(max) = spec.clip_update_norm {
-                aggregate::clip_norm(&mut delta, max);
-            }
-            Ok(delta)
+            Ok(wire::decode(&bytes, &limits)?.1)
         };
         let mut note = note.to_owned();
         let mean = if let Some(dp) = &spec.dp {
@@ -769,8 +785,7 @@ impl Engine {
             // Job creation refuses robust rules and sample weighting here.
             let mut dp_mean = fedslice::privacy::mean::DpMean::new(schema.clone(), dp.clip_norm);
             for update in updates {
-                let bytes = self.blobs.get(&update.digest)?;
-                dp_mean.add(&wire::decode(&bytes, &limits)?.1)?;
+                dp_mean.add(&load_delta(&update.digest)?)?;
             }
             crate::ledger::record(&self.state(), &job.id, round.round, dp)?;
             let (mean, dp_round) = dp_mean.finish(
@@ -784,28 +799,15 @@ impl Engine {
             ));
             mean
         } else {
-            match spec.aggregation {
-                Aggregation::Fedavg => {
-                    // One update in memory at a time: O(model) whatever the number of sites.
-                    let mut fedavg = FedAvg::new(schema.clone());
-                    for update in updates {
-                        fedavg.add(&load_delta(&update.digest)?, update.samples as f64)?;
-                    }
-                    fedavg.finish()?
-                }
-                Aggregation::Median | Aggregation::TrimmedMean { .. } => {
-                    let deltas = updates
-                        .iter()
-                        .map(|u| load_delta(&u.digest))
-                        .collect::<anyhow::Result<Vec<_>>>()?;
-                    match spec.aggregation {
-                        Aggregation::TrimmedMean { trim } => {
-                            aggregate::trimmed_mean(&deltas, trim)?
-                        }
-                        _ => aggregate::coordinate_median(&deltas)?,
-                    }
-                }
-            }
+            // FedAvg reads one update at a time: O(model) whatever the number of sites.
+            aggregate::combine(
+                spec.aggregation,
+                schema.clone(),
+                spec.clip_update_norm,
+                updates
+                    .iter()
+                    .map(|u| anyhow::Ok((load_delta(&u.digest)?, u.samples as f64))),
+            )?
         };
         let note = note.as_str();
         let previous = match &job.optimizer_state {
@@ -831,8 +833,14 @@ impl Engine {
         })?;
         crate::crash_points::reached("close:after_model");
         let mut budget_refusal = None;
-        let after = if round.round >= spec.rounds {
+        let after = if round.round >= spec.total_rounds() {
             AfterClose::Finished
+        } else if spec.is_evaluation_round(round.round + 1) {
+            // The evaluation round releases only the sites' scores, without
+            // noise and outside the ledger (README, privacy section).
+            AfterClose::NextRound {
+                deadline: now() + spec.round_timeout_s as i64,
+            }
         } else if let Some(why) = crate::ledger::refuse_next(&self.state(), job, round.round + 1)? {
             // The next round would pass the job's ε budget: it is not run,
             // and the job ends with this round's model.
@@ -869,6 +877,33 @@ impl Engine {
             tracing::info!(job = %job.id, round = round.round, digest, "{note}");
         } else {
             tracing::info!(job = %job.id, round = round.round, "an update arrived during aggregation; aggregating again");
+        }
+        Ok(closed)
+    }
+
+    /// Closes a finetune job's evaluation round: nothing is aggregated, and
+    /// the job finishes with the model the sites scored.
+    fn close_evaluation_round(
+        &self,
+        job: &JobRow,
+        round: &RoundRow,
+        updates: &[crate::state::UpdateRow],
+        note: &str,
+    ) -> anyhow::Result<bool> {
+        let closed = self.state().close_round(
+            round,
+            updates.len(),
+            &round.base_digest,
+            job.optimizer_state.as_deref(),
+            note,
+            &AfterClose::Evaluated,
+        )?;
+        if closed {
+            self.metrics.rounds_closed.inc();
+            self.metrics
+                .round_duration
+                .observe((now() - round.opened_at).max(0) as f64);
+            tracing::info!(job = %job.id, round = round.round, digest = %round.base_digest, "evaluation round closed: {note}");
         }
         Ok(closed)
     }

@@ -88,7 +88,18 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
     let (_, tensors) = wire::decode(&bytes, &DecodeLimits::DEFAULT)?;
     let device = fedslice::device::open(fedslice::device::BackendKind::Flex)?;
     let model = from_tensor_map(ExamClassifier::new(&job.spec.model, &device), &tensors)?;
-    let last_reports = site_reports(&state, job_id, version)?;
+    // The evaluation round scored the exported model itself; a job finished
+    // before that round existed has only the reports of its last training
+    // round, which scored the model entering it (one round behind).
+    let evaluation_round = job.spec.rounds.saturating_add(1);
+    let mut last_reports = site_reports(&state, job_id, evaluation_round)?;
+    if last_reports.is_empty() {
+        tracing::warn!(
+            "{job_id} has no evaluation round; the threshold comes from round {version}, \
+             which scored the model before the final one"
+        );
+        last_reports = site_reports(&state, job_id, version)?;
+    }
     let threshold = consensus_threshold(last_reports.iter().filter_map(|(_, r)| r.as_ref().ok()));
     if threshold.is_none() {
         tracing::warn!("no site reported a validation threshold; using 0.5");
@@ -115,7 +126,7 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
     for r in &rounds {
         let updates = state.updates(job_id, r.round)?;
         sites.extend(updates.iter().map(|u| u.site.clone()));
-        if !updates.is_empty() {
+        if !updates.is_empty() && !job.spec.is_evaluation_round(r.round) {
             // Checked: samples are self-reported, and a wrapped sum in the
             // card reads as a plausible number (security review M6).
             last_samples = updates.iter().try_fold(0usize, |sum, u| {
@@ -144,7 +155,10 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
         origin: Origin::Federated {
             job: job_id.to_owned(),
             init_from: job.spec.init_from.clone(),
-            rounds: rounds.len() as u32,
+            rounds: rounds
+                .iter()
+                .filter(|r| !job.spec.is_evaluation_round(r.round))
+                .count() as u32,
             model_version: version,
             model_digest: digest.clone(),
         },
@@ -155,7 +169,11 @@ pub fn export(dir: &Path, job_id: &str, out: &Path) -> anyhow::Result<()> {
         exported_at: unix_now(),
         details: serde_json::json!({
             "validation_round": validated_round,
-            "validation_note": "each site scores the global model it receives at the start of a round on its own validation exams, so these numbers describe the model entering that round",
+            "validation_note": if validated_round.is_some_and(|r| job.spec.is_evaluation_round(r)) {
+                "each site scored the exported model on its own validation exams in the job's evaluation round"
+            } else {
+                "each site scores the global model it receives at the start of a round on its own validation exams, so these numbers describe the model entering that round"
+            },
             "rounds": per_round,
         }),
     };

@@ -37,7 +37,11 @@ pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Resu
             let mut round_json = Vec::new();
             for r in rounds {
                 let updates = state.updates(&job.id, r.round)?;
-                round_json.push(serde_json::json!({ "round": r, "updates": updates }));
+                round_json.push(serde_json::json!({
+                    "evaluation": job.spec.is_evaluation_round(r.round),
+                    "round": r,
+                    "updates": updates,
+                }));
             }
             let privacy = crate::ledger::report(state, job)?;
             out.push(serde_json::json!({ "job": job, "rounds": round_json, "privacy": privacy }));
@@ -81,7 +85,7 @@ pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Resu
             job.spec.preset,
             job.status,
             rounds.iter().filter(|r| r.status == "closed").count(),
-            job.spec.rounds,
+            job.spec.total_rounds(),
             job.model_version.map_or("-".into(), |v| v.to_string()),
             job.error
                 .as_ref()
@@ -106,7 +110,12 @@ pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Resu
             let updates = state.updates(&job.id, r.round)?;
             let names: Vec<&str> = updates.iter().map(|u| u.site.as_str()).collect();
             println!(
-                "    round {} open since {}: {} update(s) [{}], deadline {} (in {} s){}",
+                "    {}round {} open since {}: {} update(s) [{}], deadline {} (in {} s){}",
+                if job.spec.is_evaluation_round(r.round) {
+                    "evaluation "
+                } else {
+                    ""
+                },
                 r.round,
                 utc(r.opened_at),
                 updates.len(),

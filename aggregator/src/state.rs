@@ -167,8 +167,13 @@ pub enum Recorded {
 /// What closing a round leads to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AfterClose {
-    NextRound { deadline: i64 },
+    NextRound {
+        deadline: i64,
+    },
     Finished,
+    /// A finetune job's evaluation round closed: the job finishes with the
+    /// model the round scored, and no new model version is made.
+    Evaluated,
 }
 
 pub struct State {
@@ -676,23 +681,28 @@ impl State {
                 round.round
             )));
         }
-        tx.execute(
-            "INSERT OR REPLACE INTO models (job, version, digest, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![job, round.round, result_digest, t],
-        )?;
-        tx.execute(
-            "UPDATE jobs SET model_version = ?2, model_digest = ?3, optimizer_state = ?4 WHERE id = ?1",
-            params![job, round.round, result_digest, optimizer_state],
-        )?;
+        let detail = if matches!(after, AfterClose::Evaluated) {
+            format!(
+                "{job} evaluation round {}: {note}; scored model {result_digest}",
+                round.round
+            )
+        } else {
+            tx.execute(
+                "INSERT OR REPLACE INTO models (job, version, digest, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![job, round.round, result_digest, t],
+            )?;
+            tx.execute(
+                "UPDATE jobs SET model_version = ?2, model_digest = ?3, optimizer_state = ?4 WHERE id = ?1",
+                params![job, round.round, result_digest, optimizer_state],
+            )?;
+            format!(
+                "{job} round {}: {note}; model v{} {result_digest}",
+                round.round, round.round
+            )
+        };
         tx.execute(
             "INSERT INTO audit (at, event, site, detail) VALUES (?1, 'round_closed', NULL, ?2)",
-            params![
-                t,
-                format!(
-                    "{job} round {}: {note}; model v{} {result_digest}",
-                    round.round, round.round
-                )
-            ],
+            params![t, detail],
         )?;
         match after {
             AfterClose::NextRound { deadline } => {
@@ -702,14 +712,20 @@ impl State {
                     params![job, round.round + 1, result_digest, t, deadline],
                 )?;
             }
-            AfterClose::Finished => {
+            AfterClose::Finished | AfterClose::Evaluated => {
                 tx.execute(
                     "UPDATE jobs SET status = 'finished', finished_at = ?2 WHERE id = ?1",
                     params![job, t],
                 )?;
+                let version: Option<i64> = tx.query_row(
+                    "SELECT model_version FROM jobs WHERE id = ?1",
+                    params![job],
+                    |r| r.get(0),
+                )?;
+                let version = version.map_or("-".to_string(), |v| v.to_string());
                 tx.execute(
                     "INSERT INTO audit (at, event, site, detail) VALUES (?1, 'job_finished', NULL, ?2)",
-                    params![t, format!("{job}: final model v{} {result_digest}", round.round)],
+                    params![t, format!("{job}: final model v{version} {result_digest}")],
                 )?;
             }
         }

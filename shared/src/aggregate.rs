@@ -18,6 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::Aggregation;
 use crate::wire::{Schema, TensorMap, WireError};
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +179,50 @@ fn per_coordinate(
     Ok(out)
 }
 
+/// One round's site deltas combined by the job's `aggregation` rule, each
+/// first clipped to `clip` when the job sets one. The single place that
+/// dispatches on the rule, for the aggregator and the in-process simulation
+/// alike. FedAvg streams (one delta in memory at a time, weighted by its
+/// sample count); the robust rules need every delta at once and ignore
+/// the weights.
+pub fn combine<E: From<AggregateError>>(
+    aggregation: Aggregation,
+    schema: Schema,
+    clip: Option<f64>,
+    updates: impl IntoIterator<Item = Result<(TensorMap, f64), E>>,
+) -> Result<TensorMap, E> {
+    let clipped = updates.into_iter().map(|update| {
+        update.map(|(mut delta, weight)| {
+            if let Some(max) = clip {
+                clip_norm(&mut delta, max);
+            }
+            (delta, weight)
+        })
+    });
+    match aggregation {
+        Aggregation::Fedavg => {
+            let mut fedavg = FedAvg::new(schema);
+            for update in clipped {
+                let (delta, weight) = update?;
+                fedavg.add(&delta, weight)?;
+            }
+            Ok(fedavg.finish()?)
+        }
+        Aggregation::Median | Aggregation::TrimmedMean { .. } => {
+            let deltas = clipped
+                .map(|u| u.map(|(delta, _)| delta))
+                .collect::<Result<Vec<_>, E>>()?;
+            for delta in &deltas {
+                schema.check(delta).map_err(AggregateError::from)?;
+            }
+            Ok(match aggregation {
+                Aggregation::TrimmedMean { trim } => trimmed_mean(&deltas, trim)?,
+                _ => coordinate_median(&deltas)?,
+            })
+        }
+    }
+}
+
 /// Coordinate-wise median of `deltas` (mean of the two middle values for an
 /// even count). Unweighted: sample counts are self-reported, and a robust rule
 /// that let one site buy influence by claiming more samples would not be
@@ -246,6 +291,18 @@ impl ServerOptimizer {
             beta1: 0.9,
             beta2: 0.99,
             eps: 1e-3,
+        }
+    }
+
+    /// The optimiser an operator names (`sgd` or `adam`, FedAdam with the
+    /// paper's moments) at learning rate `lr`.
+    pub fn named(name: &str, lr: f32) -> Result<Self, AggregateError> {
+        match name {
+            "sgd" => Ok(ServerOptimizer::Sgd { lr }),
+            "adam" => Ok(ServerOptimizer::fedadam(lr)),
+            other => Err(AggregateError::InvalidOptimizer(format!(
+                "unknown server optimiser `{other}` (sgd or adam)"
+            ))),
         }
     }
 

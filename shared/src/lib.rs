@@ -20,6 +20,7 @@ pub mod device;
 pub mod experiment;
 pub mod export;
 pub mod federated;
+pub mod federated_study;
 pub mod metrics;
 pub mod model;
 pub mod plot;

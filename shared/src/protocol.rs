@@ -142,6 +142,23 @@ impl JobSpec {
         Ok(())
     }
 
+    /// Whether `round` is a finetune job's evaluation round: the one after
+    /// its last training round, in which every site scores the final global
+    /// classifier on its validation exams and reports only those numbers
+    /// (with a zero delta). The exported threshold and model card use it, so
+    /// they describe the model that is exported rather than the one before.
+    pub fn is_evaluation_round(&self, round: u32) -> bool {
+        self.phase == Phase::Finetune && round == self.rounds.saturating_add(1)
+    }
+
+    /// Training rounds plus, for a finetune job, its evaluation round.
+    pub fn total_rounds(&self) -> u32 {
+        match self.phase {
+            Phase::Pretrain => self.rounds,
+            Phase::Finetune => self.rounds.saturating_add(1),
+        }
+    }
+
     pub fn local_epochs(&self) -> usize {
         match self.phase {
             Phase::Pretrain => self.pretrain.epochs,

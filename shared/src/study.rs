@@ -53,9 +53,66 @@ impl std::str::FromStr for Style {
     }
 }
 
-/// Generates a cohort of `style` and prepares every exam with `preprocess`,
-/// one site at a time so that memory holds one site's raw volumes. Returns
-/// (training exams, held-out exams); ids are `site/split/NNNN`.
+/// Prepares one site's phantom exams with `preprocess` (in parallel); ids
+/// are `site/split/NNNN`.
+pub fn prepare_site_exams(
+    site: &str,
+    exams: &[PhantomExam],
+    preprocess: &PreprocessConfig,
+) -> Result<Vec<PreparedExam>, ExperimentError> {
+    exams
+        .par_iter()
+        .map(|e: &PhantomExam| {
+            let id = format!("{site}/{}", e.exam.id);
+            prepare(
+                &id,
+                &e.exam.volume,
+                e.exam.spacing,
+                e.exam.label,
+                preprocess,
+            )
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| ExperimentError::Data(format!("phantom site {site}: {e}")))
+}
+
+/// One site of a prepared cohort: its training and held-out exams.
+#[derive(Debug, Clone)]
+pub struct PreparedSite {
+    pub name: String,
+    pub train: Vec<PreparedExam>,
+    pub test: Vec<PreparedExam>,
+}
+
+/// Generates a cohort of `style` site by site and prepares every exam with
+/// `preprocess`, so that memory holds one site's raw volumes at a time.
+pub fn prepared_sites(
+    style: Style,
+    cohort: &PhantomConfig,
+    preprocess: &PreprocessConfig,
+) -> Result<Vec<PreparedSite>, ExperimentError> {
+    (0..cohort.sites)
+        .map(|site| {
+            let (name, train, test) = match style {
+                Style::A => {
+                    let c = phantom::generate_site(cohort, site);
+                    (c.name, c.train, c.valid)
+                }
+                Style::B => {
+                    let c = phantom_b::generate_site(cohort, site);
+                    (c.name, c.train, c.valid)
+                }
+            };
+            Ok(PreparedSite {
+                train: prepare_site_exams(&name, &train, preprocess)?,
+                test: prepare_site_exams(&name, &test, preprocess)?,
+                name,
+            })
+        })
+        .collect()
+}
+
+/// [`prepared_sites`] with the sites pooled: (training exams, held-out exams).
 pub fn prepared_cohort(
     style: Style,
     cohort: &PhantomConfig,
@@ -63,34 +120,9 @@ pub fn prepared_cohort(
 ) -> Result<(Vec<PreparedExam>, Vec<PreparedExam>), ExperimentError> {
     let mut train = Vec::new();
     let mut test = Vec::new();
-    for site in 0..cohort.sites {
-        let (name, site_train, site_valid) = match style {
-            Style::A => {
-                let c = phantom::generate_site(cohort, site);
-                (c.name, c.train, c.valid)
-            }
-            Style::B => {
-                let c = phantom_b::generate_site(cohort, site);
-                (c.name, c.train, c.valid)
-            }
-        };
-        for (exams, into) in [(site_train, &mut train), (site_valid, &mut test)] {
-            let prepared: Vec<PreparedExam> = exams
-                .par_iter()
-                .map(|e: &PhantomExam| {
-                    let id = format!("{name}/{}", e.exam.id);
-                    prepare(
-                        &id,
-                        &e.exam.volume,
-                        e.exam.spacing,
-                        e.exam.label,
-                        preprocess,
-                    )
-                })
-                .collect::<Result<_, _>>()
-                .map_err(|e| ExperimentError::Data(format!("style {style} cohort: {e}")))?;
-            into.extend(prepared);
-        }
+    for site in prepared_sites(style, cohort, preprocess)? {
+        train.extend(site.train);
+        test.extend(site.test);
     }
     Ok((train, test))
 }
@@ -250,6 +282,12 @@ pub fn summarise(runs: &[RunRecord], curve: &[usize]) -> Vec<ArmSummary> {
             )
         }))
         .collect();
+    summarise_arms(runs, names)
+}
+
+/// Mean, sd and minimum per arm of `names` (arm, description), in that
+/// order; arms without records are left out.
+pub fn summarise_arms(runs: &[RunRecord], names: Vec<(String, String)>) -> Vec<ArmSummary> {
     names
         .into_iter()
         .filter_map(|(arm, description)| {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use fedslice::federated::{SiteExams, SiteReport, train_round};
+use fedslice::federated::{SiteExams, SiteReport, evaluate_round, train_round};
 use fedslice::protocol::Work;
 use fedslice::train::CheckpointFile;
 use fedslice::wire::{self, DecodeLimits};
@@ -156,7 +156,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         None => std::fs::read(&config.cert)
             .with_context(|| format!("reading {}", config.cert.display()))?,
     };
-    let salt = u64::from_str_radix(&wire::digest(&salt_source)[..16], 16).unwrap_or(0);
+    let salt = fedslice::federated::site_salt(&salt_source);
     tracing::info!(
         site = %data.name,
         exams = data.len(),
@@ -299,6 +299,27 @@ async fn do_round(
             });
             (bytes, report)
         }
+        _ if work.spec.is_evaluation_round(work.round) => {
+            let model = global_model(client, &config.cache_dir, &work.model_digest).await?;
+            let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT)
+                .with_context(|| format!("decoding global model {}", work.model_digest))?;
+            let exams = data.prepared(&work.spec.preprocess)?;
+            let site = SiteExams { exams, salt };
+            let (spec, device) = (work.spec.clone(), device.clone());
+            let scored = tokio::task::spawn_blocking(move || {
+                evaluate_round(&spec, &global, &site, &device).map(|report| (report, global))
+            })
+            .await
+            .context("scoring the final global model panicked")?;
+            let (report, global) = scored?;
+            // No weights leave in this round: the delta is all zeros.
+            let zeros = global.sub(&global)?;
+            let samples = report.validation.map_or(1, |v| v.exams.max(1));
+            let payload = work.encode_update(&zeros, samples, report.clone())?;
+            fedslice::atomic_file::write(&outbox, &payload)
+                .with_context(|| format!("writing {}", outbox.display()))?;
+            (payload, report)
+        }
         _ => {
             let model = global_model(client, &config.cache_dir, &work.model_digest).await?;
             let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT)
@@ -368,13 +389,17 @@ async fn do_round(
     let auc = report
         .auc()
         .map_or(String::new(), |a| format!(", global model val AUC {a:.3}"));
+    let phase = if work.spec.is_evaluation_round(work.round) {
+        "evaluation of the final model".to_string()
+    } else {
+        work.spec.phase.to_string()
+    };
     println!(
-        "[{}] {} round {}/{} ({}): {loss}{auc}, {} samples, {} bytes sent, {:.1} s; {}/{} sites reported",
+        "[{}] {} round {}/{} ({phase}): {loss}{auc}, {} samples, {} bytes sent, {:.1} s; {}/{} sites reported",
         data.name,
         work.job,
         work.round,
-        work.spec.rounds,
-        work.spec.phase,
+        work.spec.total_rounds(),
         header.samples,
         bytes,
         started.elapsed().as_secs_f64(),

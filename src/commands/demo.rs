@@ -23,21 +23,26 @@ use site_agent::progress::Bars;
 
 use crate::cli::{CohortArgs, DemoArgs};
 
-/// Training budget of one demo run; the baselines get the same epochs.
-struct Budget {
-    exams_per_site: usize,
-    image_size: usize,
-    pretrain_rounds: u32,
-    pretrain_local_epochs: usize,
-    finetune_rounds: u32,
-    finetune_local_epochs: usize,
+/// Training budget of one demo run; the baselines get the same epochs, and
+/// `fedslice study --federated` measures the same consortium.
+pub(crate) struct Budget {
+    pub(crate) exams_per_site: usize,
+    pub(crate) image_size: usize,
+    pub(crate) pretrain_rounds: u32,
+    pub(crate) pretrain_local_epochs: usize,
+    pub(crate) finetune_rounds: u32,
+    pub(crate) finetune_local_epochs: usize,
 }
 
 impl Budget {
     fn for_args(args: &DemoArgs) -> Self {
-        if args.quick {
+        Self::new(args.quick, args.exams_per_site)
+    }
+
+    pub(crate) fn new(quick: bool, exams_per_site: Option<usize>) -> Self {
+        if quick {
             Self {
-                exams_per_site: args.exams_per_site.unwrap_or(40),
+                exams_per_site: exams_per_site.unwrap_or(40),
                 image_size: 128,
                 pretrain_rounds: 2,
                 pretrain_local_epochs: 2,
@@ -46,7 +51,7 @@ impl Budget {
             }
         } else {
             Self {
-                exams_per_site: args.exams_per_site.unwrap_or(60),
+                exams_per_site: exams_per_site.unwrap_or(60),
                 image_size: 256,
                 pretrain_rounds: 4,
                 pretrain_local_epochs: 2,
@@ -56,6 +61,9 @@ impl Budget {
         }
     }
 }
+
+/// Share of each site's exams held out to score every arm.
+pub(crate) const HELD_OUT_FRACTION: f64 = 0.25;
 
 fn exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the fedslice executable")
@@ -111,25 +119,6 @@ fn site_toml(name: &str, url: &str, data: &Path, cache: &Path) -> String {
     )
 }
 
-/// The centralised recipe with the federated job's total epochs.
-fn baseline_config(pretrain: &JobSpec, finetune: &JobSpec) -> ExperimentConfig {
-    ExperimentConfig {
-        model: finetune.model.clone(),
-        pretrain: Some(train::PretrainConfig {
-            epochs: pretrain.pretrain.epochs * pretrain.rounds as usize,
-            ..pretrain.pretrain.clone()
-        }),
-        finetune: train::FinetuneConfig {
-            epochs: finetune.finetune.epochs * finetune.rounds as usize,
-            ..finetune.finetune.clone()
-        },
-        labelled_fraction: 1.0,
-        validation_fraction: finetune.validation_fraction,
-        bootstrap_resamples: 1000,
-        seed: 0,
-    }
-}
-
 #[derive(serde::Serialize)]
 struct SiteRow {
     site: String,
@@ -162,7 +151,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             exams_per_site: budget.exams_per_site,
             seed: args.seed,
             image_size: budget.image_size,
-            valid_fraction: 0.25,
+            valid_fraction: HELD_OUT_FRACTION,
             textbook: false,
         },
     )?;
@@ -345,7 +334,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let federated = metrics::evaluate(&scores, &labels, meta.threshold, 1000, 0)?;
 
     // 5. Baselines with the same recipe and epochs: each site alone, and all data pooled.
-    let baseline = baseline_config(&pretrain, &finetune);
+    let baseline = fedslice::federated_study::centralised_recipe(Some(&pretrain), &finetune, 0);
     let mut rows = Vec::new();
     for (site, (name, bundle)) in sites.iter().zip(&configs) {
         println!("local-only baseline: {name}");
@@ -381,7 +370,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         federated_seconds,
         wall,
     );
+    let best_site = rows
+        .iter()
+        .max_by(|a, b| a.local_auc.total_cmp(&b.local_auc))
+        .map(|r| (r.site.clone(), r.local_auc));
+    let verdict = verdict_line(federated.auc, best_site.as_ref(), centralised_auc);
+    println!("{verdict}");
+    println!();
     let report = serde_json::json!({
+        "verdict": verdict,
+        "federated_minus_best_site": best_site.as_ref().map(|(_, auc)| federated.auc - auc),
+        "federated_minus_centralised": federated.auc - centralised_auc,
         "federated_auc": federated.auc,
         "federated_auc_ci": [federated.auc_ci.0, federated.auc_ci.1],
         "federated_accuracy": federated.accuracy,
@@ -406,6 +405,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("model:  {}", model_dir.display());
     Ok(())
+}
+
+/// One line that says whether joining the consortium paid off on this run.
+fn verdict_line(federated: f64, best_site: Option<&(String, f64)>, centralised: f64) -> String {
+    let gap = |other: f64| {
+        let d = federated - other;
+        format!(
+            "{:.3} {}",
+            d.abs(),
+            if d >= 0.0 { "above" } else { "below" }
+        )
+    };
+    let site = best_site.map_or(String::new(), |(name, auc)| {
+        format!("{} the best site alone ({name}, {auc:.3}) and ", gap(*auc))
+    });
+    format!(
+        "verdict: federated AUC {federated:.3} is {site}{} pooling all data ({centralised:.3}); one run, see `fedslice study --federated` for the spread over seeds",
+        gap(centralised)
+    )
 }
 
 fn train_and_score(

@@ -1,17 +1,26 @@
 //! `fedslice study`: the recipe over several seeds on both phantom styles.
 
 use anyhow::Context;
+use fedslice::aggregate::ServerOptimizer;
 use fedslice::atomic_file;
 use fedslice::data::phantom::PhantomConfig;
 use fedslice::device::{self, BackendKind};
+use fedslice::federated::{JobOptions, job_spec};
+use fedslice::federated_study::{self, FederatedArm, FederatedStudyConfig};
+use fedslice::model::SlicePooling;
+use fedslice::protocol::{Aggregation, JobSpec, Phase};
 use fedslice::study::{self, ArmGroup, RunRecord, StudyConfig, StudyReport};
 use fedslice::train::PretrainConfig;
+use fedslice::wire::Dtype;
 
-use crate::cli::StudyArgs;
+use crate::cli::{FederatedStudyArgs, StudyArgs};
 use site_agent::progress::Bars;
 
 pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.seeds > 0, "--seeds must be at least 1");
+    if args.federated.federated {
+        return run_federated(&args);
+    }
     anyhow::ensure!(
         args.low_label_fraction > 0.0 && args.low_label_fraction <= 1.0,
         "--low-label-fraction must be in (0, 1]"
@@ -90,12 +99,157 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
     let report = study::run(&config, &device, &mut Bars::new(), &mut save_partial)?;
     atomic_file::write(&json_path, &serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", json_path.display()))?;
+    print_summary(&report.arms);
+    let png_path = args.out.join("study.png");
+    study::write_plot(&png_path, &report)
+        .with_context(|| format!("writing {}", png_path.display()))?;
+    println!("results: {}", json_path.display());
+    println!("plot:    {}", png_path.display());
+    Ok(())
+}
+
+/// A job of the federated study, built as `aggregator job create` builds it
+/// from the same flags.
+fn job(
+    phase: Phase,
+    rounds: u32,
+    local_epochs: usize,
+    fed: &FederatedStudyArgs,
+    server_optimizer: ServerOptimizer,
+    preset: &str,
+) -> anyhow::Result<JobSpec> {
+    Ok(job_spec(&JobOptions {
+        phase,
+        preset: preset.into(),
+        pooling: SlicePooling::default(),
+        slice_embedding: Default::default(),
+        rounds,
+        min_sites: fed.sites as u32,
+        local_epochs,
+        round_timeout_s: 1800,
+        init_from: (phase == Phase::Finetune).then(|| "pretrain".to_string()),
+        dtype: Dtype::F32,
+        aggregation: Aggregation::Fedavg,
+        server_optimizer,
+        clip_update_norm: None,
+        fedprox_mu: fed.fedprox_mu,
+        seed: 0,
+    })?)
+}
+
+fn run_federated(args: &StudyArgs) -> anyhow::Result<()> {
+    let fed = &args.federated;
+    anyhow::ensure!(
+        fed.sites >= 2,
+        "--sites must be at least 2 for a federated study"
+    );
+    let budget = super::demo::Budget::new(args.quick, fed.exams_per_site);
+    let arms = args
+        .arms
+        .iter()
+        .map(|a| a.parse::<FederatedArm>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pretrain_rounds = fed.pretrain_rounds.unwrap_or(budget.pretrain_rounds);
+    let preset = args.recipe.preset.as_str();
+    let pretrain = (pretrain_rounds > 0)
+        .then(|| {
+            job(
+                Phase::Pretrain,
+                pretrain_rounds,
+                budget.pretrain_local_epochs,
+                fed,
+                ServerOptimizer::FEDAVG,
+                preset,
+            )
+        })
+        .transpose()?;
+    let finetune = job(
+        Phase::Finetune,
+        fed.rounds.unwrap_or(budget.finetune_rounds),
+        fed.local_epochs.unwrap_or(budget.finetune_local_epochs),
+        fed,
+        ServerOptimizer::named(&fed.server_optimizer, fed.server_lr)?,
+        preset,
+    )?;
+    // The training exams stay the demo's; extra held-out exams only sharpen the score.
+    let (exams_per_site, valid_fraction) = match fed.test_exams_per_site {
+        None => (budget.exams_per_site, super::demo::HELD_OUT_FRACTION),
+        Some(test) => {
+            let train = budget.exams_per_site
+                - (budget.exams_per_site as f64 * super::demo::HELD_OUT_FRACTION).round() as usize;
+            (train + test, test as f64 / (train + test) as f64)
+        }
+    };
+    let config = FederatedStudyConfig {
+        seeds: (args.first_seed..args.first_seed + args.seeds as u64).collect(),
+        cohort: PhantomConfig {
+            sites: fed.sites,
+            exams_per_site,
+            image_size: budget.image_size,
+            valid_fraction,
+            size_jitter: fed.size_jitter,
+            ..PhantomConfig::default()
+        },
+        pretrain,
+        finetune,
+        arms,
+    };
+    config.cohort.validate()?;
+    let backend: BackendKind = args.recipe.device.parse()?;
+    let device = device::open(backend)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let json_path = args.out.join("federated-study.json");
+    let png_path = args.out.join("federated-study.png");
+    println!(
+        "federated study: {} sites x {} exams, {} seed(s); pretrain {} x {} local epochs, finetune {} x {}",
+        config.cohort.sites,
+        config.cohort.exams_per_site,
+        config.seeds.len(),
+        pretrain_rounds,
+        budget.pretrain_local_epochs,
+        config.finetune.rounds,
+        config.finetune.finetune.epochs,
+    );
+    let mut partial: Vec<RunRecord> = Vec::new();
+    let mut save_partial = |r: &RunRecord| {
+        println!(
+            "seed {:>2}  {:<16} AUC {:.3}  ({} train, {} test, {:.0} s)",
+            r.seed, r.arm, r.auc, r.train_exams, r.test_exams, r.seconds
+        );
+        partial.push(r.clone());
+        if let Err(e) = serde_json::to_vec_pretty(&partial)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| atomic_file::write(&json_path, &bytes))
+        {
+            tracing::warn!("saving partial results to {}: {e}", json_path.display());
+        }
+    };
+    let report = federated_study::run(&config, &device, &mut Bars::new(), &mut save_partial)?;
+    atomic_file::write(&json_path, &serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    print_summary(&report.arms);
+    let gap = |g: Option<f64>| g.map_or("-".to_string(), |g| format!("{g:+.3}"));
+    println!(
+        "verdict: federated minus best single site {}, minus pooled {} (mean AUC over {} seed(s))",
+        gap(report.verdict.federated_minus_best_local),
+        gap(report.verdict.federated_minus_centralised),
+        config.seeds.len()
+    );
+    federated_study::write_plot(&png_path, &report)
+        .with_context(|| format!("writing {}", png_path.display()))?;
+    println!("results: {}", json_path.display());
+    println!("plot:    {}", png_path.display());
+    Ok(())
+}
+
+fn print_summary(arms: &[study::ArmSummary]) {
     println!();
     println!(
         "{:<26} {:>7} {:>7} {:>7}  seeds",
         "arm", "mean", "sd", "min"
     );
-    for arm in &report.arms {
+    for arm in arms {
         println!(
             "{:<26} {:>7.3} {:>7.3} {:>7.3}  {}",
             arm.arm,
@@ -109,10 +263,4 @@ pub fn run(args: StudyArgs) -> anyhow::Result<()> {
                 .join(" ")
         );
     }
-    let png_path = args.out.join("study.png");
-    study::write_plot(&png_path, &report)
-        .with_context(|| format!("writing {}", png_path.display()))?;
-    println!("results: {}", json_path.display());
-    println!("plot:    {}", png_path.display());
-    Ok(())
 }

@@ -37,6 +37,13 @@ pub struct LocalUpdate {
     pub report: SiteReport,
 }
 
+/// A site's salt for its random streams, from its name (or, without one, its
+/// certificate), so that two sites never draw the same augmentation and
+/// masking and one site draws the same ones from run to run.
+pub fn site_salt(source: &[u8]) -> u64 {
+    u64::from_str_radix(&crate::wire::digest(source)[..16], 16).unwrap_or(0)
+}
+
 fn round_window(spec: &JobSpec, round: u32) -> ScheduleWindow {
     let epochs = spec.local_epochs();
     ScheduleWindow {
@@ -53,7 +60,7 @@ fn round_seed(spec: &JobSpec, round: u32, salt: u64) -> u64 {
 }
 
 /// The labelled exams split into (fit, validation) the same way every round.
-fn labelled_split(
+pub(super) fn labelled_split(
     spec: &JobSpec,
     exams: &[PreparedExam],
 ) -> (Vec<PreparedExam>, Vec<PreparedExam>) {

@@ -10,14 +10,17 @@ mod local;
 mod model_io;
 mod recipe;
 mod report;
+mod simulate;
 
-pub use local::{LocalUpdate, SiteExams, evaluate_global, train_round};
+use local::labelled_split;
+pub use local::{LocalUpdate, SiteExams, evaluate_global, site_salt, train_round};
 pub use model_io::{from_tensor_map, to_tensor_map};
 pub use recipe::{JobOptions, initial_model, job_spec};
 pub use report::{
     CONSENSUS_THRESHOLD_METHOD, Discrimination, EpochLosses, MAX_REPORTED_EXAMS,
     MAX_REPORTED_STEPS, ReportError, SiteReport, ValidationSummary, consensus_threshold,
 };
+pub use simulate::{SimulatedJob, SimulatedRound, evaluate_round, run_job};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FederatedError {
@@ -29,6 +32,8 @@ pub enum FederatedError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("model tensors: {0}")]
     Model(String),
+    #[error(transparent)]
+    Aggregate(#[from] crate::aggregate::AggregateError),
     #[error("job recipe: {0}")]
     Recipe(String),
 }
