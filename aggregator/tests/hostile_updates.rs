@@ -326,3 +326,112 @@ fn updates_with_out_of_range_metrics_are_refused_with_the_reason() {
         r#"{"loss_first":0.69,"loss_last":0.41,"steps":30.0,"val_auc":0.8125,"val_exams":12.0,"val_positives":5.0,"val_threshold":0.47}"#
     );
 }
+
+/// A finetune job's evaluation round takes scores and nothing else: a delta
+/// with any weight in it, or a report without validation, is refused; the
+/// round then closes without a new model version, and the job finishes with
+/// the model the site scored.
+#[test]
+fn the_evaluation_round_accepts_scores_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    cli(&state, &["init", "--url", "https://127.0.0.1:9"]);
+    cli(
+        &state,
+        &[
+            "site",
+            "add",
+            "site-a",
+            "--out",
+            dir.path().join("a").to_str().expect("path"),
+        ],
+    );
+    cli(
+        &state,
+        &[
+            "job",
+            "create",
+            "--phase",
+            "finetune",
+            "--rounds",
+            "1",
+            "--min-sites",
+            "1",
+        ],
+    );
+    let engine = Engine::open(&state, 64 << 20).expect("engine");
+    assert!(engine.tick().expect("start job"));
+    let job = engine
+        .state()
+        .running_job()
+        .expect("db")
+        .expect("running job");
+    let round = engine
+        .state()
+        .open_round(&job.id)
+        .expect("db")
+        .expect("round 1");
+    let (_, global) = engine.load_model(&round.base_digest).expect("global model");
+    let scores: BTreeMap<String, f64> = [
+        ("val_exams", 12.0),
+        ("val_positives", 5.0),
+        ("val_auc", 0.75),
+        ("val_threshold", 0.4),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+
+    engine
+        .accept_update(
+            "site-a",
+            &reporting(
+                &job.id,
+                1,
+                &round.base_digest,
+                &filled(&global, 1e-3),
+                scores.clone(),
+            ),
+        )
+        .expect("training update");
+    assert!(engine.tick().expect("close round 1"));
+    let evaluation = engine
+        .state()
+        .open_round(&job.id)
+        .expect("db")
+        .expect("round 2");
+    assert_eq!(
+        evaluation.round, 2,
+        "the evaluation round follows the last training round"
+    );
+    let final_model = evaluation.base_digest.clone();
+
+    let refusal = |bytes: Vec<u8>| {
+        engine
+            .accept_update("site-a", &bytes)
+            .expect_err("refused")
+            .to_string()
+    };
+    let trained = refusal(reporting(
+        &job.id,
+        2,
+        &final_model,
+        &filled(&global, 1e-3),
+        scores.clone(),
+    ));
+    assert!(trained.contains("evaluation round"), "{trained}");
+    let silent = refusal(update(&job.id, 2, &final_model, &filled(&global, 0.0)));
+    assert!(silent.contains("no validation"), "{silent}");
+
+    engine
+        .accept_update(
+            "site-a",
+            &reporting(&job.id, 2, &final_model, &filled(&global, 0.0), scores),
+        )
+        .expect("the site's scores");
+    assert!(engine.tick().expect("close the evaluation round"));
+    let finished = engine.state().job(&job.id).expect("db").expect("job");
+    assert_eq!(finished.status, "finished");
+    assert_eq!(finished.model_version, Some(1), "no new model version");
+    assert_eq!(finished.model_digest.as_deref(), Some(final_model.as_str()));
+}
