@@ -61,6 +61,9 @@ pub struct FederatedStudyConfig {
     /// The pretrain job (`None`: the finetune job starts from scratch).
     pub pretrain: Option<JobSpec>,
     pub finetune: JobSpec,
+    /// Fine-tuning epochs of the pooled baseline; a site alone gets as many
+    /// steps ([`steps_matched_epochs`]).
+    pub pooled_finetune_epochs: usize,
     /// Arm groups to run (every one when empty).
     pub arms: Vec<FederatedArm>,
 }
@@ -96,11 +99,13 @@ pub struct FederatedStudyReport {
     pub seconds: f64,
 }
 
-/// The centralised recipe of a federated job pair: the same model and
-/// local recipe, with as many epochs as the jobs run in all their rounds.
-pub fn centralised_recipe(
+/// The baselines' recipe for a federated job pair: the same model and local
+/// recipe, pretraining for as many epochs as the pretrain job runs in all its
+/// rounds, and fine-tuning for `finetune_epochs`.
+pub fn baseline_recipe(
     pretrain: Option<&JobSpec>,
     finetune: &JobSpec,
+    finetune_epochs: usize,
     seed: u64,
 ) -> ExperimentConfig {
     ExperimentConfig {
@@ -111,7 +116,7 @@ pub fn centralised_recipe(
             ..p.pretrain.clone()
         }),
         finetune: train::FinetuneConfig {
-            epochs: finetune.finetune.epochs * finetune.rounds as usize,
+            epochs: finetune_epochs,
             seed,
             ..finetune.finetune.clone()
         },
@@ -120,6 +125,18 @@ pub fn centralised_recipe(
         bootstrap_resamples: 1000,
         seed,
     }
+}
+
+/// Epochs over `exams` that take as many optimisation steps as
+/// `pooled_epochs` over `pooled_exams` (at least one): how every arm of a
+/// comparison gets the same number of steps.
+pub fn steps_matched_epochs(pooled_epochs: usize, pooled_exams: usize, exams: usize) -> usize {
+    if exams == 0 {
+        return pooled_epochs.max(1);
+    }
+    ((pooled_epochs * pooled_exams) as f64 / exams as f64)
+        .round()
+        .max(1.0) as usize
 }
 
 fn with_seed(spec: &JobSpec, seed: u64) -> JobSpec {
@@ -246,9 +263,11 @@ pub fn run(
                 t.elapsed().as_secs_f64(),
             );
         }
-        let recipe = centralised_recipe(config.pretrain.as_ref(), &config.finetune, seed);
         let mut baseline = |train: Vec<PreparedExam>| -> Result<(f64, f64), ExperimentError> {
             let t = std::time::Instant::now();
+            let epochs =
+                steps_matched_epochs(config.pooled_finetune_epochs, train_total, train.len());
+            let recipe = baseline_recipe(config.pretrain.as_ref(), &config.finetune, epochs, seed);
             device.seed(seed);
             let (_, report) = experiment::run(train, test.clone(), &recipe, device, progress)?;
             Ok((report.auc, t.elapsed().as_secs_f64()))
@@ -342,4 +361,20 @@ pub fn write_plot(
                 .collect(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_arm_gets_the_pooled_runs_steps() {
+        // 20 epochs over 90 pooled exams = 1800 steps; a site of 30 needs 60 epochs.
+        assert_eq!(steps_matched_epochs(20, 90, 30), 60);
+        assert_eq!(steps_matched_epochs(20, 90, 90), 20);
+        // Unequal sites: 20 × 300 / 20 = 300 epochs for the smallest.
+        assert_eq!(steps_matched_epochs(20, 300, 20), 300);
+        assert_eq!(steps_matched_epochs(20, 300, 200), 30);
+        assert_eq!(steps_matched_epochs(1, 1, 1000), 1, "never zero epochs");
+    }
 }

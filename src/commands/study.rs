@@ -166,7 +166,8 @@ fn run_federated(args: &StudyArgs) -> anyhow::Result<()> {
     let finetune = job(
         Phase::Finetune,
         fed.rounds.unwrap_or(budget.finetune_rounds),
-        fed.local_epochs.unwrap_or(budget.finetune_local_epochs),
+        fed.local_epochs
+            .unwrap_or(budget.finetune_local_epochs(fed.sites)),
         fed,
         ServerOptimizer::named(&fed.server_optimizer, fed.server_lr)?,
         preset,
@@ -192,6 +193,7 @@ fn run_federated(args: &StudyArgs) -> anyhow::Result<()> {
         },
         pretrain,
         finetune,
+        pooled_finetune_epochs: budget.pooled_finetune_epochs(),
         arms,
     };
     config.cohort.validate()?;
