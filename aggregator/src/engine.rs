@@ -272,7 +272,8 @@ impl Engine {
     }
 
     pub fn record_rejection(&self, site: &str, rejection: &Rejection) {
-        tracing::warn!(site, "refused: {rejection}");
+        let shown = crate::text::bounded(&rejection.to_string(), crate::text::MAX_DETAIL_CHARS);
+        tracing::warn!(site, "refused: {shown}");
         self.metrics.refused_update(rejection);
         self.audit_event(
             "request_refused",
@@ -452,7 +453,7 @@ impl Engine {
         Ok(bytes)
     }
 
-    fn schema_of(&self, digest: &str) -> Result<Arc<Schema>, Rejection> {
+    pub(crate) fn schema_of(&self, digest: &str) -> Result<Arc<Schema>, Rejection> {
         if let Some(schema) = self
             .schemas
             .lock()
@@ -555,10 +556,14 @@ impl Engine {
                 round.base_digest
             )));
         }
-        if header.samples == 0 {
-            return Err(Rejection::Unprocessable(
-                "update reports 0 training samples".into(),
-            ));
+        if header.samples == 0 || header.samples > aggregate::MAX_SAMPLES {
+            // Checked before anything is stored: a count the database cannot
+            // hold once left an orphan blob behind (security review M4).
+            return Err(Rejection::Unprocessable(format!(
+                "update reports {} training samples; accepted: 1 to {}",
+                header.samples,
+                aggregate::MAX_SAMPLES
+            )));
         }
         // The metrics reach the exported threshold and model card, and only
         // the site vouches for them (security review M6): range-check them
@@ -800,13 +805,18 @@ impl Engine {
             mean
         } else {
             // FedAvg reads one update at a time: O(model) whatever the number of sites.
+            // Its weights are the sites' self-reported counts, bounded
+            // (security review M6); the robust modes ignore them.
+            let samples: Vec<u64> = updates.iter().map(|u| u.samples).collect();
+            let weights = aggregate::bounded_weights(&samples);
             aggregate::combine(
                 spec.aggregation,
                 schema.clone(),
                 spec.clip_update_norm,
                 updates
                     .iter()
-                    .map(|u| anyhow::Ok((load_delta(&u.digest)?, u.samples as f64))),
+                    .zip(weights)
+                    .map(|(u, weight)| anyhow::Ok((load_delta(&u.digest)?, weight))),
             )?
         };
         let note = note.as_str();

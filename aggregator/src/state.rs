@@ -235,6 +235,9 @@ impl State {
         detail: &str,
         count: u64,
     ) -> Result<(), StateError> {
+        // Details embed site-controlled text (a job name, say): bounded and
+        // escaped here so no caller can forget (security review M4, L3).
+        let detail = crate::text::bounded(detail, crate::text::MAX_DETAIL_CHARS);
         self.conn.execute(
             "INSERT INTO audit (at, event, site, detail, count) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![

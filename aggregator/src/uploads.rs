@@ -34,6 +34,11 @@ struct Claim<'a> {
 }
 
 impl InProgress {
+    fn is_claimed(&self, path: &Path) -> bool {
+        let set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.contains(path)
+    }
+
     fn claim(&self, path: &Path) -> Option<Claim<'_>> {
         let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
         set.insert(path.to_path_buf()).then(|| Claim {
@@ -70,7 +75,7 @@ fn part_path(engine: &Engine, site: &str, digest: &str) -> Result<PathBuf, Rejec
 }
 
 /// Removes parts nobody has extended for `max_age` (a site that gave up, or
-/// a round that closed without them), at start-up.
+/// a round that closed without them), at start-up and then hourly.
 pub(crate) fn sweep_stale(engine: &Engine, max_age: std::time::Duration) {
     let dir = engine.paths.incoming().join("uploads");
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -87,6 +92,56 @@ pub(crate) fn sweep_stale(engine: &Engine, max_age: std::time::Duration) {
             tracing::info!(part = %entry.path().display(), "removed an abandoned partial upload");
         }
     }
+}
+
+/// Before a site starts a new part: deletes its oldest unfinished parts so
+/// that it holds fewer than [`crate::intake::MAX_PARTS_PER_SITE`] (security
+/// review M4). Parts being written right now are left alone; if they alone
+/// fill the quota, the new upload waits.
+fn make_room(engine: &Engine, site: &str, new: &Path) -> Result<(), Rejection> {
+    let dir = new.parent().unwrap_or(new);
+    let prefix = format!("{}-", &wire::digest(site.as_bytes())[..16]);
+    let mut parts: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|e| Rejection::Internal(format!("listing {}: {e}", dir.display())))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| {
+            let at = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            (at, e.path())
+        })
+        .collect();
+    parts.sort();
+    let busy = |p: &Path| engine.uploads.is_claimed(p);
+    let mut held = parts.len();
+    for (_, part) in &parts {
+        if held < crate::intake::MAX_PARTS_PER_SITE {
+            break;
+        }
+        if !busy(part) && std::fs::remove_file(part).is_ok() {
+            tracing::info!(site, part = %part.display(), "deleted an older unfinished upload: a new one started");
+            held -= 1;
+        }
+    }
+    if held >= crate::intake::MAX_PARTS_PER_SITE {
+        return Err(Rejection::Busy(format!(
+            "{held} unfinished uploads of this site are being written; retry when one ends"
+        )));
+    }
+    Ok(())
+}
+
+/// The first bytes of a part, enough to judge its frame.
+async fn read_prefix(path: &Path) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let mut prefix = Vec::new();
+    file.take(8 + wire::MAX_HEADER_LEN as u64)
+        .read_to_end(&mut prefix)
+        .await?;
+    Ok(prefix)
 }
 
 fn received(path: &Path) -> u64 {
@@ -138,14 +193,23 @@ async fn append(
     let path = part_path(engine, site, digest)?;
     let offset = header_u64(headers, UPLOAD_OFFSET)?;
     let length = header_u64(headers, UPLOAD_LENGTH)?;
-    if length == 0 || length > engine.max_body_bytes as u64 {
-        return Err(Rejection::TooLarge(engine.max_body_bytes));
+    let limit = {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || crate::intake::upload_limit(&engine))
+            .await
+            .map_err(|e| Rejection::Internal(format!("sizing upload: {e}")))??
+    };
+    if length == 0 || length > limit {
+        return Err(crate::intake::too_large(limit));
     }
     let Some(_claim) = engine.uploads.claim(&path) else {
         return Err(Rejection::Busy(
             "another request is still writing this upload; retry shortly".into(),
         ));
     };
+    if !path.exists() {
+        make_room(engine, site, &path)?;
+    }
     let mut have = received(&path);
     if have > length {
         let _ = tokio::fs::remove_file(&path).await;
@@ -162,6 +226,16 @@ async fn append(
         tracing::info!(site, digest, offset, "upload resumed at byte {offset}");
     }
     let io = |e: std::io::Error| Rejection::Internal(format!("spooling upload: {e}"));
+    // The frame is judged from the first bytes, those already held included
+    // (security review M5); a part that cannot become an update is deleted.
+    let mut head = crate::intake::HeadCheck::new(limit);
+    if have > 0 {
+        let held = read_prefix(&path).await.map_err(io)?;
+        if let Err(refused) = head.feed(&held) {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(refused);
+        }
+    }
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -198,6 +272,11 @@ async fn append(
             return Err(Rejection::BadRequest(format!(
                 "more than the announced {length} bytes were sent; start again from 0"
             )));
+        }
+        if let Err(refused) = head.feed(&chunk) {
+            drop(file);
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(refused);
         }
         file.write_all(&chunk).await.map_err(io)?;
         have += chunk.len() as u64;

@@ -325,3 +325,89 @@ fn a_revoked_certificate_is_throttled_closed_and_audited_in_a_few_counted_rows()
     );
     assert!(refused.iter().any(|r| r.count > 1), "{refused:?}");
 }
+
+/// Sends one request on a new connection as site-a and returns the status
+/// the server answers, which may come before the whole body was sent.
+async fn request(server: &Server, head: &str, body: &[u8]) -> u16 {
+    let mut tls = server.tls("site-a").await;
+    tls.write_all(head.as_bytes()).await.expect("send head");
+    // The server may answer and close before taking the whole body.
+    let _ = tls.write_all(body).await;
+    let _ = tls.flush().await;
+    status(&until_closed(&mut tls).await)
+}
+
+#[test]
+fn a_body_that_is_no_update_is_refused_from_its_first_bytes() {
+    let server = serve(limits(), Duration::from_secs(60));
+    server.runtime.block_on(async {
+        // Announces 512 KiB (within the 1 MiB body limit) but sends only
+        // 64 KiB of zeros: the old code waited for the rest before it
+        // looked at the magic.
+        let code = request(
+            &server,
+            "POST /v1/updates HTTP/1.1\r\nHost: x\r\nContent-Length: 524288\r\nConnection: close\r\n\r\n",
+            &[0u8; 65536],
+        )
+        .await;
+        assert_eq!(code, 400);
+        // A declared length over the limit is refused before any body.
+        let code = request(
+            &server,
+            "POST /v1/updates HTTP/1.1\r\nHost: x\r\nContent-Length: 268435456\r\nConnection: close\r\n\r\n",
+            b"",
+        )
+        .await;
+        assert_eq!(code, 413);
+    });
+    let refused: Vec<_> = server
+        .audit()
+        .into_iter()
+        .filter(|r| r.event == "request_refused" && r.detail.contains("not a fedslice payload"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+}
+
+#[test]
+fn a_site_holds_at_most_two_unfinished_uploads() {
+    let server = serve(limits(), Duration::from_secs(60));
+    // A real update's first bytes (a valid frame), announced in full but
+    // never finished, under five different digests.
+    let mut tensors = fedslice::wire::TensorMap::new();
+    let noise: Vec<f32> = (0..50_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 8) as f32 / 1e6)
+        .collect();
+    tensors
+        .insert("w", vec![noise.len()], noise)
+        .expect("tensor");
+    let payload = fedslice::wire::encode(
+        fedslice::wire::PayloadMeta {
+            kind: fedslice::wire::PayloadKind::Update,
+            job: "job-1".into(),
+            round: 1,
+            base_digest: Some("0".repeat(64)),
+            samples: 10,
+            metrics: Default::default(),
+        },
+        &tensors,
+        fedslice::wire::Dtype::F32,
+        3,
+    )
+    .expect("encode");
+    let half = &payload[..payload.len() / 2];
+    server.runtime.block_on(async {
+        for i in 0..5u8 {
+            let digest = format!("{:064x}", u64::from(i) + 1);
+            let head = format!(
+                "PATCH /v1/uploads/{digest} HTTP/1.1\r\nHost: x\r\nupload-offset: 0\r\nupload-length: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                payload.len(),
+                half.len()
+            );
+            assert_eq!(request(&server, &head, half).await, 202);
+        }
+    });
+    let parts = std::fs::read_dir(server.state.join("incoming/uploads"))
+        .expect("uploads folder")
+        .count();
+    assert_eq!(parts, 2, "older unfinished uploads are deleted");
+}

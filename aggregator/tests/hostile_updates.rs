@@ -435,3 +435,54 @@ fn the_evaluation_round_accepts_scores_only() {
     assert_eq!(finished.model_version, Some(1), "no new model version");
     assert_eq!(finished.model_digest.as_deref(), Some(final_model.as_str()));
 }
+
+#[test]
+fn an_overflowing_sample_count_is_refused_before_anything_is_stored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (engine, job_id, base, global) = one_site_running(dir.path());
+    let blobs = || {
+        std::fs::read_dir(dir.path().join("state/blobs"))
+            .expect("blobs")
+            .flatten()
+            .map(|e| std::fs::read_dir(e.path()).map(|d| d.count()).unwrap_or(1))
+            .sum::<usize>()
+    };
+    let before = blobs();
+    let overflowing = wire::encode(
+        PayloadMeta {
+            kind: PayloadKind::Update,
+            job: job_id.clone(),
+            round: 1,
+            base_digest: Some(base.clone()),
+            samples: u64::MAX,
+            metrics: BTreeMap::new(),
+        },
+        &filled(&global, 1e-3),
+        Dtype::F32,
+        3,
+    )
+    .expect("encode");
+    match engine.accept_update("site-a", &overflowing) {
+        Err(Rejection::Unprocessable(message)) => {
+            assert!(message.contains("training samples"), "{message}")
+        }
+        other => panic!("expected a 422 refusal, got {other:?}"),
+    }
+    assert_eq!(blobs(), before, "no orphan blob");
+
+    // A 60 000-character job name with a forged line: the audit row stays
+    // short, marks the cut and escapes the control characters.
+    let long_job = format!("job\u{1b}[31m\n2026 FAKE{}", "J".repeat(60_000));
+    let rejection = engine
+        .accept_update(
+            "site-a",
+            &update(&long_job, 1, &base, &filled(&global, 1e-3)),
+        )
+        .expect_err("unknown job");
+    engine.record_rejection("site-a", &rejection);
+    let audit = engine.state().audit_log(10).expect("audit");
+    let row = audit.last().expect("a row");
+    assert!(row.detail.len() < 1200, "{} bytes", row.detail.len());
+    assert!(row.detail.contains("[truncated: "), "{}", row.detail);
+    assert!(!row.detail.chars().any(char::is_control), "{}", row.detail);
+}

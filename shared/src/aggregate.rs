@@ -118,6 +118,40 @@ impl FedAvg {
     }
 }
 
+/// Largest sample count an update may report: above any real cohort's
+/// slices × local epochs, and below where the aggregator's i64 storage and
+/// f64 weights lose exactness.
+pub const MAX_SAMPLES: u64 = 1 << 40;
+
+/// How many times the round's median weight one site may count for.
+pub const MAX_WEIGHT_OVER_MEDIAN: f64 = 2.0;
+
+/// FedAvg weights from self-reported sample counts, each capped at
+/// [`MAX_WEIGHT_OVER_MEDIAN`] × the lower median count of the round.
+///
+/// Why this bound (security review M6): the counts are only the sites' word,
+/// and unbounded they let one site claiming 1e9 samples set the average
+/// alone. A cap declared at enrolment would need the operator to know each
+/// cohort in advance, in the unit of each phase (slices when pretraining,
+/// exams when fine-tuning), and to keep it current; a cap on each site's
+/// share of the total is lax in a large consortium (a liar keeps the whole
+/// share). The median needs nothing declared and adapts to the round: with
+/// one liar among n sites of similar size its share is at most
+/// 2 / (n + 1) (a half with three sites, a fifth with nine), and honest
+/// sites up to twice the median keep their exact weight. The lower median
+/// of two sites is the smaller one, so neither can claim more than twice
+/// the other. What it costs: a genuinely large site counts at most twice a
+/// typical one. Robust modes (`median`, `trimmed-mean`) stay unweighted.
+pub fn bounded_weights(samples: &[u64]) -> Vec<f64> {
+    let mut sorted: Vec<u64> = samples.to_vec();
+    sorted.sort_unstable();
+    let Some(&median) = sorted.get(sorted.len().saturating_sub(1) / 2) else {
+        return Vec::new();
+    };
+    let cap = median as f64 * MAX_WEIGHT_OVER_MEDIAN;
+    samples.iter().map(|&n| (n as f64).min(cap)).collect()
+}
+
 /// Scales `delta` in place so its global L2 norm is at most `max_norm`, and
 /// returns whether it did. Bounding each site's update caps how far one site,
 /// broken or hostile, can move the average, and is the first step of
@@ -901,5 +935,41 @@ mod tests {
             ServerState::with_moments(ServerOptimizer::FEDAVG, &schema, zeros.clone(), zeros)
                 .is_err()
         );
+    }
+}
+
+#[cfg(test)]
+mod weight_tests {
+    use super::*;
+
+    #[test]
+    fn a_site_claiming_a_billion_samples_cannot_dominate_the_average() {
+        let weights = bounded_weights(&[10, 10, 1_000_000_000]);
+        assert_eq!(weights, vec![10.0, 10.0, 20.0]);
+        // FedAvg of two honest Δ = 0.001 and one hostile Δ = 0.05.
+        let delta = |v: f32| {
+            let mut m = TensorMap::new();
+            m.insert("w", vec![1], vec![v]).expect("insert");
+            m
+        };
+        let mut fedavg = FedAvg::new(delta(0.0).schema());
+        for (v, w) in [0.001, 0.001, 0.05].into_iter().zip(&weights) {
+            fedavg.add(&delta(v), *w).expect("add");
+        }
+        let mean = fedavg.finish().expect("mean").get("w").expect("w").data()[0];
+        let hostile_share = weights[2] / weights.iter().sum::<f64>();
+        assert!(hostile_share <= 0.5, "{hostile_share}");
+        // Unbounded, the hostile site would set the mean to 0.05 (its share
+        // 1 - 2e-8); bounded, it moves it at most half way.
+        assert!(mean < 0.026, "{mean}");
+    }
+
+    #[test]
+    fn honest_sites_within_twice_the_median_keep_their_weights() {
+        assert_eq!(bounded_weights(&[100, 150, 200]), vec![100.0, 150.0, 200.0]);
+        assert_eq!(bounded_weights(&[7]), vec![7.0]);
+        assert!(bounded_weights(&[]).is_empty());
+        // Two sites: the larger counts at most twice the smaller.
+        assert_eq!(bounded_weights(&[1_000_000, 10]), vec![20.0, 10.0]);
     }
 }
