@@ -19,6 +19,12 @@ use common::{Consortium, fedslice, tool_available};
 
 /// A bare HTTP/1.1 GET; returns the status code and body.
 fn http_get(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    http_get_with(base, path, &auth)
+}
+
+/// A bare HTTP/1.1 GET with extra header lines (each ending in CRLF).
+fn http_get_with(base: &str, path: &str, headers: &str) -> (u16, String) {
     let authority = base
         .strip_prefix("http://")
         .expect("http URL")
@@ -27,10 +33,9 @@ fn http_get(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{headers}Connection: close\r\n\r\n"
     )
     .expect("send request");
     let mut response = String::new();
@@ -133,13 +138,23 @@ fn check_exposition(text: &str) -> HashMap<String, f64> {
     samples
 }
 
+/// Scrapes as Prometheus does (asking for OpenMetrics, checked by
+/// [`check_exposition`]) and as curl does (the older text format, checked by
+/// `promtool check metrics` where it is installed); returns the former.
 fn scrape(consortium: &Consortium) -> (String, HashMap<String, f64>) {
-    let (status, text) = http_get(&consortium.operator_url(), "/metrics", None);
+    let (status, text) = http_get_with(
+        &consortium.operator_url(),
+        "/metrics",
+        "Accept: application/openmetrics-text; version=1.0.0\r\n",
+    );
     assert_eq!(status, 200, "{text}");
     let samples = check_exposition(&text);
+    let (status, plain) = http_get(&consortium.operator_url(), "/metrics", None);
+    assert_eq!(status, 200, "{plain}");
+    assert!(!plain.contains("# EOF"), "not the text format: {plain}");
     if tool_available("promtool") {
         let path = consortium.dir.path().join("scrape.prom");
-        std::fs::write(&path, &text).expect("write scrape");
+        std::fs::write(&path, &plain).expect("write scrape");
         let output = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!("promtool check metrics < {}", path.display()))
@@ -152,6 +167,10 @@ fn scrape(consortium: &Consortium) -> (String, HashMap<String, f64>) {
             String::from_utf8_lossy(&output.stderr)
         );
     } else {
+        assert!(
+            !common::operator_tools_required(),
+            "FEDSLICE_REQUIRE_OPERATOR_TOOLS is set but promtool is not installed"
+        );
         eprintln!("promtool not installed: the scrape was checked by check_exposition only");
     }
     (text, samples)
@@ -184,7 +203,7 @@ fn health_ready_and_metrics_answer_and_a_refused_update_is_counted() {
         "fedslice_aggregation_seconds",
         "fedslice_database_bytes",
         "fedslice_blob_store_bytes",
-        "fedslice_certificate_days_left",
+        "fedslice_certificate_expiry_timestamp_seconds",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
@@ -193,8 +212,13 @@ fn health_ready_and_metrics_answer_and_a_refused_update_is_counted() {
     }
     assert_eq!(before.get(refused), None, "{text}");
     assert!(before["fedslice_database_bytes"] > 0.0, "{text}");
-    let server_days = before["fedslice_certificate_days_left{certificate=\"server\"}"];
-    assert!(server_days > 300.0, "{text}");
+    let server_expiry =
+        before["fedslice_certificate_expiry_timestamp_seconds{certificate=\"server\"}"];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(server_expiry > now + 300.0 * 86_400.0, "{text}");
 
     // A site sends something that is not an update: refused as a bad request.
     let read = |name: &str| std::fs::read_to_string(bundle.join(name)).expect("bundle file");
@@ -328,7 +352,11 @@ fn beyond_loopback_the_operator_listener_needs_a_token() {
         401
     );
     assert_eq!(http_get(&operator, "/healthz", Some(token)).0, 200);
-    let (status, text) = http_get(&operator, "/metrics", Some(token));
+    let (status, text) = http_get_with(
+        &operator,
+        "/metrics",
+        &format!("Authorization: Bearer {token}\r\nAccept: application/openmetrics-text\r\n"),
+    );
     assert_eq!(status, 200);
     check_exposition(&text);
 }
@@ -361,4 +389,85 @@ fn round_counters_move_as_rounds_close() {
         "{text}"
     );
     assert!(value("fedslice_blob_store_bytes") > 0.0, "{text}");
+}
+
+/// Issue 15 item 2: a site mid-training reads as training, with its epoch
+/// and step, agent version and device, in `aggregator status`; once the job
+/// is done its last heartbeat says idle, in status and in `/metrics`.
+#[test]
+fn a_training_site_shows_as_training_in_status() {
+    let mut consortium = Consortium::init();
+    let data = consortium.dir.path().join("data");
+    common::phantom(&data, 1, 6, 17, 48);
+    let bundle = consortium.add_site("site-00", &data.join("site-00"));
+    // Enough local epochs that training outlasts many status polls.
+    let epochs = "20";
+    let job = consortium
+        .aggregator(&[
+            "job",
+            "create",
+            "--phase",
+            "pretrain",
+            "--rounds",
+            "1",
+            "--local-epochs",
+            epochs,
+        ])
+        .trim()
+        .to_string();
+    consortium.serve();
+    let agent = consortium.spawn_agent(&bundle);
+
+    let started = Instant::now();
+    let beat = loop {
+        let status = consortium.status();
+        let beat = &status["heartbeats"]["site-00"];
+        if beat["state"] == "training" {
+            break beat.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "never seen training: {status}\nagent log:\n{}",
+            std::fs::read_to_string(bundle.join("agent.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(beat["job"], job.as_str(), "{beat}");
+    assert_eq!(beat["round"], 1, "{beat}");
+    assert_eq!(beat["epochs"], 20, "{beat}");
+    assert_eq!(beat["agent_version"], env!("CARGO_PKG_VERSION"), "{beat}");
+    assert!(!beat["device"].as_str().unwrap_or("").is_empty(), "{beat}");
+    assert!(beat["step"].as_u64() <= beat["steps"].as_u64(), "{beat}");
+    let text = consortium.aggregator(&["status"]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("site-00"))
+        .unwrap_or_else(|| panic!("no site line: {text}"));
+    // Training may have moved on by now; what it says must be a state.
+    assert!(
+        ["training", "uploading", "idle"]
+            .iter()
+            .any(|s| line.contains(s)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("agent {} on ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("certificate expires 20"), "{text}");
+    assert!(text.contains(" ago)"), "{text}");
+
+    consortium.expect_agents_succeed(vec![agent], &[bundle], Duration::from_secs(600));
+    let status = consortium.status();
+    assert_eq!(status["heartbeats"]["site-00"]["state"], "idle", "{status}");
+    let (text, samples) = scrape(&consortium);
+    let state = |s: &str| {
+        samples
+            .get(&format!(
+                "fedslice_site_state{{site=\"site-00\",state=\"{s}\"}}"
+            ))
+            .copied()
+    };
+    assert_eq!(state("idle"), Some(1.0), "{text}");
+    assert_eq!(state("training"), Some(0.0), "{text}");
 }

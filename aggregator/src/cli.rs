@@ -534,10 +534,13 @@ fn serve(dir: &Path, args: &ServeArgs) -> anyhow::Result<()> {
     ))
 }
 
-/// Seconds since the epoch → "N s ago" for status listings.
+/// Seconds since the epoch → "3 min ago" for status listings.
 pub fn ago(t: Option<i64>) -> String {
     match t {
-        Some(t) => format!("{} s ago", (now() - t).max(0)),
+        Some(t) => format!(
+            "{} ago",
+            fedslice::heartbeat::duration((now() - t).max(0) as u64)
+        ),
         None => "never".into(),
     }
 }
@@ -555,5 +558,40 @@ pub fn utc(t: i64) -> String {
             at.second()
         ),
         Err(_) => t.to_string(),
+    }
+}
+
+/// Seconds since the epoch → RFC 3339 ("2026-12-07T08:30:00Z").
+pub fn rfc3339(t: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(t) {
+        Ok(at) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        ),
+        Err(_) => t.to_string(),
+    }
+}
+
+/// A past moment as "2026-12-07T08:30:00Z (3 min ago)".
+pub fn when(t: Option<i64>) -> String {
+    match t {
+        Some(t) => format!("{} ({})", rfc3339(t), ago(Some(t))),
+        None => "never".into(),
+    }
+}
+
+/// A certificate's end as "2027-12-07T08:30:00Z (in 365 days)" or "(expired 3 days ago)".
+pub fn expiry(not_after: i64) -> String {
+    let left = not_after - now();
+    let human = fedslice::heartbeat::duration(left.unsigned_abs());
+    if left >= 0 {
+        format!("{} (in {human})", rfc3339(not_after))
+    } else {
+        format!("{} (EXPIRED {human} ago)", rfc3339(not_after))
     }
 }

@@ -37,6 +37,8 @@ use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use fedslice::protocol::Activity;
+
 use crate::engine::{Engine, Rejection, StatePaths};
 
 /// Where the operator listener binds unless told otherwise: loopback only,
@@ -60,9 +62,12 @@ pub struct Metrics {
     pub round_duration: Histogram,
     pub aggregation_time: Histogram,
     site_last_seen: Family<Labels, Gauge>,
+    site_state: Family<Labels, Gauge>,
+    site_heartbeat: Family<Labels, Gauge>,
+    site_training_progress: Family<Labels, Gauge<f64, AtomicU64>>,
     database_bytes: Gauge,
     blob_store_bytes: Gauge,
-    certificate_days_left: Family<Labels, Gauge<f64, AtomicU64>>,
+    certificate_expiry: Family<Labels, Gauge>,
     /// Per DP job: epsilon, delta, z, C, noised rounds, sampling rate (label `job`).
     dp: [Family<Labels, Gauge<f64, AtomicU64>>; 6],
 }
@@ -110,9 +115,12 @@ impl Metrics {
         // Aggregation runs from milliseconds (small models) to minutes.
         let aggregation_time = Histogram::new(exponential_buckets(0.001, 4.0, 10));
         let site_last_seen = Family::<Labels, Gauge>::default();
+        let site_state = Family::<Labels, Gauge>::default();
+        let site_heartbeat = Family::<Labels, Gauge>::default();
+        let site_training_progress = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let database_bytes = Gauge::default();
         let blob_store_bytes = Gauge::default();
-        let certificate_days_left = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let certificate_expiry = Family::<Labels, Gauge>::default();
         registry.register("rounds_opened", "Rounds opened", rounds_opened.clone());
         registry.register(
             "rounds_closed",
@@ -160,6 +168,21 @@ impl Metrics {
             site_last_seen.clone(),
         );
         registry.register(
+            "site_state",
+            "Each site's state from its last heartbeat: 1 for the current one, 0 for the others",
+            site_state.clone(),
+        );
+        registry.register(
+            "site_heartbeat_unix_seconds",
+            "When each site's last heartbeat arrived",
+            site_heartbeat.clone(),
+        );
+        registry.register(
+            "site_training_progress_ratio",
+            "Steps done over steps planned of a training site's local round",
+            site_training_progress.clone(),
+        );
+        registry.register(
             "database_bytes",
             "Size of the SQLite database (with its WAL)",
             database_bytes.clone(),
@@ -170,9 +193,9 @@ impl Metrics {
             blob_store_bytes.clone(),
         );
         registry.register(
-            "certificate_days_left",
-            "Days until a certificate expires (ca, server, and each site's)",
-            certificate_days_left.clone(),
+            "certificate_expiry_timestamp_seconds",
+            "When a certificate expires, Unix time (ca, server, and each site's)",
+            certificate_expiry.clone(),
         );
         let dp: [Family<Labels, Gauge<f64, AtomicU64>>; 6] = Default::default();
         for ((name, help), family) in DP_GAUGES.iter().zip(&dp) {
@@ -190,9 +213,12 @@ impl Metrics {
             round_duration,
             aggregation_time,
             site_last_seen,
+            site_state,
+            site_heartbeat,
+            site_training_progress,
             database_bytes,
             blob_store_bytes,
-            certificate_days_left,
+            certificate_expiry,
             dp,
         }
     }
@@ -219,14 +245,12 @@ impl Metrics {
         db_size += file_size(&PathBuf::from(format!("{}-wal", db.display())));
         self.database_bytes.set(db_size as i64);
         self.blob_store_bytes.set(dir_size(&paths.blobs()) as i64);
-        let now = crate::state::now();
-        let days = |not_after: i64| (not_after - now) as f64 / 86_400.0;
         for (which, path) in [("ca", paths.ca_cert()), ("server", paths.server_cert())] {
             match cert_not_after(&path) {
                 Ok(not_after) => {
-                    self.certificate_days_left
+                    self.certificate_expiry
                         .get_or_create(&vec![("certificate".into(), which.into())])
-                        .set(days(not_after));
+                        .set(not_after);
                 }
                 Err(e) => tracing::debug!("metrics: reading {}: {e:#}", path.display()),
             }
@@ -239,16 +263,44 @@ impl Metrics {
                         self.site_last_seen.get_or_create(&label).set(seen);
                     }
                     if site.status == "active" {
-                        self.certificate_days_left
+                        self.certificate_expiry
                             .get_or_create(&vec![(
                                 "certificate".into(),
                                 format!("site:{}", site.name),
                             )])
-                            .set(days(site.not_after));
+                            .set(site.not_after);
                     }
                 }
             }
             Err(e) => tracing::debug!("metrics: reading sites: {e:#}"),
+        }
+        match engine.state().heartbeats() {
+            Ok(beats) => {
+                for (site, beat) in beats {
+                    self.site_heartbeat
+                        .get_or_create(&vec![("site".into(), site.clone())])
+                        .set(beat.at);
+                    let current = beat.beat.activity.name();
+                    for state in Activity::NAMES {
+                        self.site_state
+                            .get_or_create(&vec![
+                                ("site".into(), site.clone()),
+                                ("state".into(), state.into()),
+                            ])
+                            .set(i64::from(state == current));
+                    }
+                    let progress = match beat.beat.activity {
+                        Activity::Training { step, steps, .. } if steps > 0 => {
+                            step as f64 / steps as f64
+                        }
+                        _ => 0.0,
+                    };
+                    self.site_training_progress
+                        .get_or_create(&vec![("site".into(), site)])
+                        .set(progress);
+                }
+            }
+            Err(e) => tracing::debug!("metrics: reading heartbeats: {e:#}"),
         }
         if let Err(e) = self.refresh_privacy(engine) {
             tracing::debug!("metrics: reading the privacy ledger: {e:#}");
@@ -451,7 +503,17 @@ fn ready(engine: &Engine) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn metrics(AxumState(op): AxumState<OperatorState>) -> Response {
+async fn metrics(
+    AxumState(op): AxumState<OperatorState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    // Prometheus asks for OpenMetrics; curl and `promtool check metrics`
+    // read the older text format, which Prometheus also accepts.
+    let open_metrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
     let engine = op.engine.clone();
     let text = tokio::task::spawn_blocking(move || {
         engine.metrics.refresh(&engine);
@@ -459,12 +521,20 @@ async fn metrics(AxumState(op): AxumState<OperatorState>) -> Response {
     })
     .await;
     match text {
-        Ok(Ok(text)) => (
+        Ok(Ok(text)) if open_metrics => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
             text,
+        )
+            .into_response(),
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text_format(&text),
         )
             .into_response(),
         Ok(Err(e)) => (
@@ -474,6 +544,35 @@ async fn metrics(AxumState(op): AxumState<OperatorState>) -> Response {
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: the same samples,
+/// but a counter's HELP and TYPE name its `_total` series, and no `# EOF`
+/// or `# UNIT` lines.
+fn text_format(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn router(engine: Arc<Engine>, token_sha256: Option<[u8; 32]>) -> Router {
@@ -625,4 +724,38 @@ pub fn probe(paths: &StatePaths) -> anyhow::Result<ServiceState> {
         pid: field("pid").and_then(|p| p.parse().ok()),
         operator_url: field("operator"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_names_counters_by_their_series() {
+        let metrics = Metrics::new();
+        metrics.rounds_opened.inc();
+        let open = metrics.encode().expect("encode");
+        assert!(
+            open.contains("# TYPE fedslice_rounds_opened counter"),
+            "{open}"
+        );
+        let text = text_format(&open);
+        assert!(
+            text.contains("# HELP fedslice_rounds_opened_total Rounds opened.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE fedslice_rounds_opened_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nfedslice_rounds_opened_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE fedslice_round_duration_seconds histogram\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+    }
 }

@@ -1,6 +1,6 @@
 //! `aggregator status`, `site list` and `audit`: what an operator reads.
 
-use crate::cli::{ago, utc};
+use crate::cli::{ago, expiry, utc, when};
 use crate::operator::ServiceState;
 use crate::state::State;
 
@@ -52,7 +52,11 @@ pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Resu
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "service": service, "jobs": out, "sites": sites, "privacy_ledger": ledger
+                "service": service,
+                "jobs": out,
+                "sites": sites,
+                "privacy_ledger": ledger,
+                "heartbeats": state.heartbeats()?,
             }))?
         );
         return Ok(());
@@ -129,7 +133,45 @@ pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Resu
         }
     }
     println!();
-    list_sites(state, false)
+    site_states(state)
+}
+
+/// Each site with what its agent last said it was doing, how long ago, and
+/// when its certificate runs out.
+fn site_states(state: &State) -> anyhow::Result<()> {
+    let sites = state.sites()?;
+    let beats = state.heartbeats()?;
+    let rounds = state.rounds_per_site()?;
+    if sites.is_empty() {
+        println!("no sites (enrol one with `aggregator site add`)");
+    }
+    for s in sites {
+        let beat = beats.get(&s.name);
+        println!(
+            "{}  {}  {}",
+            s.name,
+            s.status,
+            beat.map_or(
+                "no heartbeat yet (never connected, or an agent that sends none)".into(),
+                |b| { b.beat.activity.describe() }
+            )
+        );
+        if let Some(b) = beat {
+            println!(
+                "    agent {} on {}, heartbeat {}",
+                b.beat.agent_version,
+                b.beat.device,
+                when(Some(b.at))
+            );
+        }
+        println!(
+            "    last contact {}, rounds taken part in {}, certificate expires {}",
+            when(s.last_contact),
+            rounds.get(&s.name).copied().unwrap_or(0),
+            expiry(s.not_after)
+        );
+    }
+    Ok(())
 }
 
 pub fn audit(state: &State, limit: usize, json: bool) -> anyhow::Result<()> {

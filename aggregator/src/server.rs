@@ -18,7 +18,9 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use fedslice::protocol::{ApiError, PollResponse, UploadReceipt, paths};
+use fedslice::protocol::{
+    ApiError, HEARTBEAT_HEADER, Heartbeat, PollResponse, UploadReceipt, paths,
+};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
@@ -91,6 +93,7 @@ async fn authorise(
     );
     match engine.authorise(&peer) {
         Ok(()) => {
+            keep_heartbeat(&engine, &peer.common_name, request.headers());
             request
                 .extensions_mut()
                 .insert(Site(peer.common_name.clone()));
@@ -109,6 +112,26 @@ async fn authorise(
             }
             response
         }
+    }
+}
+
+/// Keeps the heartbeat a request carries (issue 15). A malformed one is
+/// dropped and never refuses the request: the header is optional.
+fn keep_heartbeat(engine: &Engine, site: &str, headers: &axum::http::HeaderMap) {
+    let Some(value) = headers.get(HEARTBEAT_HEADER) else {
+        return;
+    };
+    let beat = value
+        .to_str()
+        .map_err(|e| e.to_string())
+        .and_then(|v| Heartbeat::parse(v).map_err(|e| e.to_string()));
+    match beat {
+        Ok(beat) => {
+            if let Err(e) = engine.state().record_heartbeat(site, &beat) {
+                tracing::warn!(site, "keeping the heartbeat: {e}");
+            }
+        }
+        Err(e) => tracing::debug!(site, "heartbeat ignored: {e}"),
     }
 }
 

@@ -5,9 +5,10 @@
 //! the database either before or after it. Blobs live beside it in
 //! [`crate::blobs::BlobStore`]; a row refers to a blob only after the blob is durable.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use fedslice::protocol::JobSpec;
+use fedslice::protocol::{Heartbeat, JobSpec};
 use rusqlite::{Connection, OptionalExtension, params};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,12 @@ CREATE TABLE IF NOT EXISTS updates (
     PRIMARY KEY (job, round, site),
     FOREIGN KEY (job, round) REFERENCES rounds(job, round)
 );
+-- The last heartbeat (issue 15) of each site, as validated JSON.
+CREATE TABLE IF NOT EXISTS heartbeats (
+    site TEXT PRIMARY KEY,
+    at INTEGER NOT NULL,
+    heartbeat TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at INTEGER NOT NULL,
@@ -102,6 +109,14 @@ pub struct SiteRow {
     pub not_after: i64,
     pub created_at: i64,
     pub last_contact: Option<i64>,
+}
+
+/// A site's last heartbeat and when the aggregator received it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SiteHeartbeat {
+    pub at: i64,
+    #[serde(flatten)]
+    pub beat: Heartbeat,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -362,6 +377,48 @@ impl State {
             params![name, now()],
         )?;
         Ok(())
+    }
+
+    /// Keeps `beat` as `site`'s last heartbeat.
+    pub fn record_heartbeat(&self, site: &str, beat: &Heartbeat) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO heartbeats (site, at, heartbeat) VALUES (?1, ?2, ?3)
+             ON CONFLICT(site) DO UPDATE SET at = excluded.at, heartbeat = excluded.heartbeat",
+            params![site, now(), serde_json::to_string(beat)?],
+        )?;
+        Ok(())
+    }
+
+    /// Each site's last heartbeat and when it came. One that no longer
+    /// reads (written by another version) is left out, not an error.
+    pub fn heartbeats(&self) -> Result<HashMap<String, SiteHeartbeat>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT site, at, heartbeat FROM heartbeats")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (site, at, text) = row?;
+            if let Ok(beat) = serde_json::from_str(&text) {
+                out.insert(site, SiteHeartbeat { at, beat });
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many rounds each site has an update counted in.
+    pub fn rounds_per_site(&self) -> Result<HashMap<String, u32>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT site, COUNT(*) FROM updates GROUP BY site")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     // ---- jobs ----

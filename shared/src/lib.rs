@@ -21,6 +21,7 @@ pub mod experiment;
 pub mod export;
 pub mod federated;
 pub mod federated_study;
+pub mod heartbeat;
 pub mod metrics;
 pub mod model;
 pub mod plot;

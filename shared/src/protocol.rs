@@ -11,6 +11,9 @@ use crate::model::ClassifierConfig;
 use crate::train::{FinetuneConfig, PretrainConfig};
 use crate::wire::Dtype;
 
+/// Every site request may carry the agent's state (issue 15); see [`crate::heartbeat`].
+pub use crate::heartbeat::{Activity, HEARTBEAT_HEADER, Heartbeat};
+
 /// URL paths of the aggregator's API, so both sides use the same strings.
 pub mod paths {
     pub const WORK: &str = "/v1/work";

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fedslice::protocol::{
-    ApiError, PollResponse, UPLOAD_LENGTH, UPLOAD_OFFSET, UploadProgress, UploadReceipt, paths,
+    ApiError, HEARTBEAT_HEADER, PollResponse, UPLOAD_LENGTH, UPLOAD_OFFSET, UploadProgress,
+    UploadReceipt, paths,
 };
 use fedslice::wire;
 
@@ -51,9 +52,12 @@ pub enum PartOutcome {
     Busy,
 }
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// Attached to every request when set (issue 15 heartbeats).
+    heartbeat: Option<std::sync::Arc<crate::heartbeat::Reporter>>,
 }
 
 impl Client {
@@ -80,7 +84,37 @@ impl Client {
         Ok(Self {
             http,
             base: config.aggregator_url.clone(),
+            heartbeat: None,
         })
+    }
+
+    /// Sends `reporter`'s state with every request from now on.
+    pub fn with_heartbeat(mut self, reporter: std::sync::Arc<crate::heartbeat::Reporter>) -> Self {
+        self.heartbeat = Some(reporter);
+        self
+    }
+
+    fn beat(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.heartbeat {
+            Some(reporter) => request.header(HEARTBEAT_HEADER, reporter.header()),
+            None => request,
+        }
+    }
+
+    /// A heartbeat on its own, for when the agent has no other reason to
+    /// call (training): `GET /v1/health`, which every aggregator answers.
+    pub async fn heartbeat(&self) -> anyhow::Result<()> {
+        let request = self
+            .http
+            .get(format!("{}{}", self.base, paths::HEALTH))
+            .timeout(Duration::from_secs(20));
+        let response = self
+            .beat(request)
+            .send()
+            .await
+            .with_context(|| format!("heartbeat to {}", self.base))?;
+        Self::check(response).await?;
+        Ok(())
     }
 
     async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
@@ -115,7 +149,7 @@ impl Client {
     /// or after `wait`. With `until_idle` it also answers at once when no job
     /// is open (an older aggregator ignores the flag and always does).
     pub async fn poll(&self, wait: Duration, until_idle: bool) -> anyhow::Result<PollResponse> {
-        let response = self
+        let request = self
             .http
             .get(format!(
                 "{}{}?wait={}{}",
@@ -124,7 +158,9 @@ impl Client {
                 wait.as_secs(),
                 if until_idle { "&until_idle=true" } else { "" }
             ))
-            .timeout(wait + Duration::from_secs(20))
+            .timeout(wait + Duration::from_secs(20));
+        let response = self
+            .beat(request)
             .send()
             .await
             .with_context(|| format!("polling {}", self.base))?;
@@ -152,7 +188,8 @@ impl Client {
         if have > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let response = request
+        let response = self
+            .beat(request)
             .send()
             .await
             .with_context(|| format!("downloading model {digest} from {}", self.base))?;
@@ -236,9 +273,11 @@ impl Client {
 
     /// Bytes of the upload named `digest` that the aggregator holds.
     pub async fn upload_progress(&self, digest: &str) -> anyhow::Result<u64> {
-        let response = self
+        let request = self
             .http
-            .get(format!("{}{}/{digest}", self.base, paths::UPLOADS))
+            .get(format!("{}{}/{digest}", self.base, paths::UPLOADS));
+        let response = self
+            .beat(request)
             .send()
             .await
             .with_context(|| format!("asking {} about upload {digest}", self.base))?;
@@ -255,14 +294,16 @@ impl Client {
         total: u64,
         body: reqwest::Body,
     ) -> anyhow::Result<PartOutcome> {
-        let response = self
+        let request = self
             .http
             .patch(format!("{}{}/{digest}", self.base, paths::UPLOADS))
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(UPLOAD_OFFSET, offset)
             .header(UPLOAD_LENGTH, total)
             .timeout(Duration::from_secs(600))
-            .body(body)
+            .body(body);
+        let response = self
+            .beat(request)
             .send()
             .await
             .with_context(|| format!("uploading to {}", self.base))?;

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dicom_node;
+pub mod heartbeat;
 pub mod inspect;
 pub mod payload_log;
 pub mod predict;

@@ -6,19 +6,20 @@
 //! instead of retraining.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use fedslice::federated::{SiteExams, SiteReport, evaluate_round, train_round};
-use fedslice::protocol::Work;
+use fedslice::protocol::{Activity, Work};
 use fedslice::train::CheckpointFile;
 use fedslice::wire::{self, DecodeLimits};
 use rand::Rng;
 
 use crate::client::{Client, Refused, Throttled};
 use crate::config::SiteConfig;
+use crate::heartbeat::{BUSY_EVERY, Reporter, TrainingProgress};
 use crate::payload_log::PayloadLog;
-use crate::progress::Bars;
 use crate::site_data::SiteData;
 
 pub struct RunOptions {
@@ -166,7 +167,9 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     );
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let client = Client::new(&config)?;
+        let reporter = Reporter::new(&backend.to_string());
+        let client = Client::new(&config)?.with_heartbeat(reporter.clone());
+        spawn_heartbeats(client.clone(), reporter.clone());
         let log = PayloadLog::new(&config.cache_dir);
         let mut backoff = Backoff::new();
         let mut last_wait = String::new();
@@ -224,15 +227,27 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
             match poll.work {
                 Some(work) => {
                     last_wait.clear();
-                    if let Err(e) =
-                        do_round(&client, &config, &log, &mut data, salt, &device, &work).await
-                    {
-                        match e.downcast_ref::<Refused>() {
-                            // A refusal (stale round, invalid update) will not change on retry: move on.
-                            Some(refused) => {
-                                tracing::warn!(job = %work.job, round = work.round, "{refused}")
+                    let round = Round {
+                        client: &client,
+                        config: &config,
+                        log: &log,
+                        reporter: &reporter,
+                    };
+                    match do_round(&round, &mut data, salt, &device, &work).await {
+                        Ok(()) => reporter.set(Activity::Idle),
+                        Err(e) => {
+                            // Shown to the operator until the next attempt
+                            // moves on: a site that keeps failing says why.
+                            reporter.set(Activity::Error {
+                                reason: format!("{e:#}"),
+                            });
+                            match e.downcast_ref::<Refused>() {
+                                // A refusal (stale round, invalid update) will not change on retry: move on.
+                                Some(refused) => {
+                                    tracing::warn!(job = %work.job, round = work.round, "{refused}")
+                                }
+                                None => backoff.wait(&e).await,
                             }
-                            None => backoff.wait(&e).await,
                         }
                     }
                 }
@@ -241,6 +256,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 None => {
+                    reporter.set(Activity::Idle);
                     let why = poll.waiting_for.unwrap_or_else(|| "a job".into());
                     // Once per change of state, not per poll: an idle site
                     // says "waiting for a job" once and is then quiet.
@@ -273,15 +289,46 @@ async fn global_model(client: &Client, cache: &Path, digest: &str) -> anyhow::Re
     Ok(bytes)
 }
 
+/// Sends a heartbeat of its own when the state changes or a busy agent has
+/// been quiet for [`BUSY_EVERY`]; requests the agent makes anyway carry one.
+fn spawn_heartbeats(client: Client, reporter: Arc<Reporter>) {
+    tokio::spawn(async move {
+        loop {
+            if reporter.due(BUSY_EVERY)
+                && !matches!(reporter.activity(), Activity::Idle)
+                && let Err(e) = client.heartbeat().await
+            {
+                tracing::debug!("{e:#}");
+            }
+            tokio::select! {
+                _ = reporter.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+}
+
+/// What one round of work needs from the agent's loop.
+struct Round<'a> {
+    client: &'a Client,
+    config: &'a SiteConfig,
+    log: &'a PayloadLog,
+    reporter: &'a Arc<Reporter>,
+}
+
 async fn do_round(
-    client: &Client,
-    config: &SiteConfig,
-    log: &PayloadLog,
+    round: &Round<'_>,
     data: &mut SiteData,
     salt: u64,
     device: &burn::tensor::Device,
     work: &Work,
 ) -> anyhow::Result<()> {
+    let Round {
+        client,
+        config,
+        log,
+        reporter,
+    } = *round;
     let started = Instant::now();
     let outbox = outbox_path(&config.cache_dir, &work.job, work.round);
     let (payload, report) = match std::fs::read(&outbox) {
@@ -303,7 +350,12 @@ async fn do_round(
             let model = global_model(client, &config.cache_dir, &work.model_digest).await?;
             let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT)
                 .with_context(|| format!("decoding global model {}", work.model_digest))?;
-            let exams = data.prepared(&work.spec.preprocess)?;
+            let exams = data.prepared(&work.spec.preprocess, &|done, total| {
+                reporter.set(Activity::Preparing {
+                    done: done as u32,
+                    total: total as u32,
+                })
+            })?;
             let site = SiteExams { exams, salt };
             let (spec, device) = (work.spec.clone(), device.clone());
             let scored = tokio::task::spawn_blocking(move || {
@@ -324,18 +376,29 @@ async fn do_round(
             let model = global_model(client, &config.cache_dir, &work.model_digest).await?;
             let (_, global) = wire::decode(&model, &DecodeLimits::DEFAULT)
                 .with_context(|| format!("decoding global model {}", work.model_digest))?;
-            let exams = data.prepared(&work.spec.preprocess)?;
+            let exams = data.prepared(&work.spec.preprocess, &|done, total| {
+                reporter.set(Activity::Preparing {
+                    done: done as u32,
+                    total: total as u32,
+                })
+            })?;
             let mut checkpoints = round_checkpoint(&config.cache_dir, work, salt, &exams)?;
             let site = SiteExams { exams, salt };
             let work_owned = work.clone();
             let device = device.clone();
+            let mut progress = TrainingProgress::new(
+                reporter.clone(),
+                &work.job,
+                work.round,
+                work.spec.local_epochs(),
+            );
             let update = tokio::task::spawn_blocking(move || {
                 let update = train_round(
                     &work_owned,
                     &global,
                     &site,
                     &device,
-                    &mut Bars::new(),
+                    &mut progress,
                     &mut checkpoints,
                 );
                 (update, checkpoints)
@@ -372,6 +435,11 @@ async fn do_round(
     let digest = wire::digest(&payload);
     let bytes = payload.len();
     log.record(&header, bytes, &digest)?;
+    reporter.set(Activity::Uploading {
+        job: work.job.clone(),
+        round: work.round,
+        bytes: bytes as u64,
+    });
     let result = client.upload(payload).await;
     match &result {
         Ok(_) => {

@@ -68,10 +68,12 @@ impl SiteData {
     }
 
     /// The exams prepared with `config`: from memory, else from the disk
-    /// cache, else decoded (and then cached).
+    /// cache, else decoded (and then cached). `on_exam(done, total)` follows
+    /// the decoding (for the heartbeat).
     pub fn prepared(
         &mut self,
         config: &PreprocessConfig,
+        on_exam: &(dyn Fn(usize, usize) + Sync),
     ) -> anyhow::Result<Arc<Vec<PreparedExam>>> {
         let key = serde_json::to_string(config)?;
         if let Some(exams) = self.prepared.get(&key) {
@@ -88,10 +90,15 @@ impl SiteData {
             bar
         });
         let started = std::time::Instant::now();
+        let total = self.exams.len();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        on_exam(0, total);
         let (exams, summary) = self.cache.prepare_all(&self.exams, config, &|| {
             if let Some(bar) = &bar {
                 bar.inc(1);
             }
+            let done = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            on_exam(done, total);
         });
         if let Some(bar) = bar {
             bar.finish_and_clear();

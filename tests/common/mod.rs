@@ -249,6 +249,12 @@ pub fn dicom_tools_required() -> bool {
     std::env::var_os("FEDSLICE_REQUIRE_DICOM_TOOLS").is_some()
 }
 
+/// CI installs promtool and chromium and sets this, so the operator tests
+/// that use them (metrics lint, status page in a browser) cannot skip there.
+pub fn operator_tools_required() -> bool {
+    std::env::var_os("FEDSLICE_REQUIRE_OPERATOR_TOOLS").is_some()
+}
+
 pub fn tool_available(name: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
