@@ -23,5 +23,6 @@ pub mod report;
 pub mod server;
 mod server_opt;
 pub mod state;
+pub mod status_page;
 pub mod text;
 mod uploads;

@@ -4,6 +4,7 @@
 //! - `/healthz`: the process answers.
 //! - `/readyz`: the database answers and the blob store takes a write.
 //! - `/metrics`: Prometheus/OpenMetrics text.
+//! - `/`: the status page for people ([`crate::status_page`]).
 //!
 //! It binds loopback by default. Anywhere else it needs a bearer token (from
 //! a file, so it is not in `ps` output), compared in constant time; with a
@@ -23,10 +24,10 @@ use std::sync::atomic::AtomicU64;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::{Request, State as AxumState};
+use axum::extract::{Query, Request, State as AxumState};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -575,6 +576,33 @@ fn text_format(open_metrics: &str) -> String {
     out
 }
 
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    /// Shows only audit entries whose event, site or detail contain it.
+    audit: Option<String>,
+}
+
+/// The status page (`/`), rendered from the database on each request.
+async fn status_page(
+    AxumState(op): AxumState<OperatorState>,
+    Query(query): Query<PageQuery>,
+) -> Response {
+    let engine = op.engine.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        crate::status_page::render(&engine.state(), query.audit.as_deref())
+    })
+    .await;
+    match page {
+        Ok(Ok(html)) => Html(html).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("status page: {e:#}\n"),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
 fn router(engine: Arc<Engine>, token_sha256: Option<[u8; 32]>) -> Router {
     let state = OperatorState {
         engine,
@@ -584,6 +612,7 @@ fn router(engine: Arc<Engine>, token_sha256: Option<[u8; 32]>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(status_page))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -609,7 +638,7 @@ pub async fn start(
         }
     };
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, token = options.token_sha256.is_some(), "operator listener (/healthz, /readyz, /metrics)");
+    tracing::info!(listen = %local, token = options.token_sha256.is_some(), "operator listener (status page at /, /healthz, /readyz, /metrics)");
     let app = router(engine, options.token_sha256);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

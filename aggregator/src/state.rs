@@ -111,6 +111,14 @@ pub struct SiteRow {
     pub last_contact: Option<i64>,
 }
 
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelRow {
+    pub job: String,
+    pub version: u32,
+    pub digest: String,
+    pub created_at: i64,
+}
+
 /// A site's last heartbeat and when the aggregator received it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SiteHeartbeat {
@@ -410,6 +418,23 @@ impl State {
             }
         }
         Ok(out)
+    }
+
+    /// Every model version: (job, version, digest, created_at), oldest first.
+    pub fn models(&self) -> Result<Vec<ModelRow>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT m.job, m.version, m.digest, m.created_at FROM models m
+             JOIN jobs j ON j.id = m.job ORDER BY j.seq, m.version",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ModelRow {
+                job: r.get(0)?,
+                version: r.get(1)?,
+                digest: r.get(2)?,
+                created_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// How many rounds each site has an update counted in.
