@@ -499,6 +499,8 @@ fn dp_plan(
 }
 
 fn serve(dir: &Path, args: &ServeArgs) -> anyhow::Result<()> {
+    // A folder that was never initialised stays so: not worth a restart loop.
+    drop(open_state(dir).context(fedslice::process::Permanent::Config)?);
     let listen = match args.listen {
         Some(addr) => addr,
         None => {

@@ -346,7 +346,9 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
         .with_refusal_window(options.refusal_window);
     engine.body_idle_timeout = options.limits.idle_timeout;
     let engine = Arc::new(engine);
-    let tls = engine.tls_server_config()?;
+    let tls = engine
+        .tls_server_config()
+        .context(fedslice::process::Permanent::Credentials)?;
     let acceptor = TlsAcceptor::from(tls);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -426,7 +428,16 @@ pub async fn serve(state_dir: &Path, options: ServeOptions) -> anyhow::Result<()
             let tls = match accepted {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    refuse(&engine, "tls_refused", &peer_ip, &e.to_string());
+                    // In words: "BadSignature" does not tell the operator
+                    // that a site holds another consortium's bundle.
+                    let why = match fedslice::tls::explain_trust_failure(
+                        &e,
+                        fedslice::tls::Side::Aggregator,
+                    ) {
+                        Some(words) => format!("{words} ({e})"),
+                        None => e.to_string(),
+                    };
+                    refuse(&engine, "tls_refused", &peer_ip, &why);
                     return;
                 }
                 Err(_) => {

@@ -39,6 +39,8 @@ pub enum TlsError {
     CertKey(#[source] rustls::Error),
     #[error("TLS configuration: {0}")]
     Config(#[source] rustls::Error),
+    #[error("certificate refused: {0}")]
+    Refused(#[source] rustls::Error),
 }
 
 /// Server side: only clients holding a certificate from `ca_pem` get past the handshake,
@@ -118,6 +120,116 @@ pub fn client_config(
         .map_err(TlsError::CertKey)?;
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Ok(config)
+}
+
+/// Which end of the handshake is explaining a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A site agent, talking to the aggregator.
+    Site,
+    /// The aggregator, talking to a site.
+    Aggregator,
+}
+
+/// A TLS trust failure anywhere in `error`'s chain, in words a hospital's IT
+/// staff can act on; `None` when the failure is not one of trust (a refused
+/// connection, a timeout). rustls names the low-level cause (`BadSignature`,
+/// a `DecryptError` alert), which says nothing to someone holding a bundle.
+pub fn explain_trust_failure(
+    error: &(dyn std::error::Error + 'static),
+    side: Side,
+) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = rustls_error(e) {
+            return explain_rustls(tls, side);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// `error` itself, or what an `io::Error` wraps (an HTTPS connector may
+/// wrap the TLS stream's `io::Error` in another): `io::Error::source` skips
+/// the error it wraps, so a plain walk down `source()` never meets it.
+fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = error.downcast_ref::<std::io::Error>()?.get_ref()?;
+    rustls_error(inner)
+}
+
+fn explain_rustls(error: &rustls::Error, side: Side) -> Option<String> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as E};
+    let (theirs, mine) = match side {
+        Side::Site => ("the server's", "your consortium CA (ca_cert in site.toml)"),
+        Side::Aggregator => ("the site's", "this consortium's CA"),
+    };
+    let text = match (error, side) {
+        (E::InvalidCertificate(Cert::BadSignature | Cert::UnknownIssuer), Side::Site) => format!(
+            "{theirs} certificate is not signed by {mine}: ca_cert is another consortium's, or aggregator_url reaches a different server"
+        ),
+        (E::InvalidCertificate(Cert::BadSignature | Cert::UnknownIssuer), Side::Aggregator) => {
+            format!(
+                "{theirs} certificate is not signed by {mine}: its bundle is from another consortium, or this CA was re-created after it was issued"
+            )
+        }
+        (E::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }), _) => {
+            format!(
+                "{theirs} certificate does not name the host in aggregator_url: use the host name the consortium operator gave you, or ask them to add this one to the server certificate"
+            )
+        }
+        (E::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }), Side::Site) => format!(
+            "{theirs} certificate has expired: the consortium operator must renew it"
+        ),
+        (E::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }), Side::Aggregator) => {
+            format!("{theirs} certificate has expired: issue the site a new bundle")
+        }
+        (E::InvalidCertificate(Cert::NotValidYet | Cert::NotValidYetContext { .. }), _) => format!(
+            "{theirs} certificate is not valid yet: check this machine's clock"
+        ),
+        (E::InvalidCertificate(Cert::Revoked), _) => format!("{theirs} certificate has been revoked"),
+        (E::NoCertificatesPresented, Side::Aggregator) => {
+            "the client presented no certificate: only enrolled sites may connect".to_string()
+        }
+        (E::AlertReceived(Alert::CertificateExpired), Side::Site) => {
+            "the aggregator says this site's certificate has expired: ask the consortium operator for a new bundle".to_string()
+        }
+        (
+            E::AlertReceived(
+                Alert::DecryptError
+                | Alert::BadCertificate
+                | Alert::UnknownCA
+                | Alert::CertificateUnknown
+                | Alert::CertificateRequired
+                | Alert::AccessDenied,
+            ),
+            Side::Site,
+        ) => "the aggregator refused this site's certificate: it is not signed by the consortium's CA (cert and key are from another consortium's bundle, or the aggregator's CA was re-created)".to_string(),
+        (
+            E::AlertReceived(
+                Alert::DecryptError | Alert::BadCertificate | Alert::UnknownCA | Alert::CertificateUnknown,
+            ),
+            Side::Aggregator,
+        ) => "the site refused this server's certificate: its ca_cert is not this consortium's CA".to_string(),
+        _ => return None,
+    };
+    Some(text)
+}
+
+/// Checks `cert_pem` as the aggregator will: issued by `ca_pem`, in its
+/// validity period, usable for client authentication. A site runs it before
+/// its first connection, so a bundle mixed from two consortia is named
+/// locally rather than by a handshake alert.
+pub fn verify_client_certificate(ca_pem: &str, cert_pem: &str) -> Result<(), TlsError> {
+    let roots = Arc::new(root_store(ca_pem)?);
+    let chain = load_certs(cert_pem, "client certificate")?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider()).build()?;
+    verifier
+        .verify_client_cert(&chain[0], &chain[1..], rustls::pki_types::UnixTime::now())
+        .map(|_| ())
+        .map_err(TlsError::Refused)
 }
 
 /// Stable identifier for a certificate that operators can compare by eye and the
@@ -202,6 +314,24 @@ fn load_key(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_signature_reads_as_another_consortium() {
+        let wrapped = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature),
+        ));
+        let text = explain_trust_failure(&wrapped, Side::Site).unwrap_or_default();
+        assert!(
+            text.starts_with("the server's certificate is not signed by your consortium CA"),
+            "{text}"
+        );
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::DecryptError);
+        let text = explain_trust_failure(&alert, Side::Site).unwrap_or_default();
+        assert!(text.contains("refused this site's certificate"), "{text}");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(explain_trust_failure(&refused, Side::Site), None);
+    }
 
     #[test]
     fn fingerprint_is_lowercase_sha256_hex() {

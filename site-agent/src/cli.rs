@@ -124,6 +124,14 @@ pub enum Command {
         #[arg(long, default_value_t = 65536)]
         max_pdu: u32,
     },
+    /// Preflight before the first start: config, key and certificate, the consortium CA,
+    /// the aggregator (reachable, TLS, enrolment), data, cache space and device.
+    /// One PASS/FAIL line per check with the fix; exits non-zero if any failed.
+    Check {
+        /// The site.toml from the site bundle.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Join the consortium: wait for work, train locally, upload updates.
     Run {
         #[arg(long)]
@@ -238,6 +246,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             max_associations,
             max_pdu,
         }),
+        Command::Check { config } => crate::check::run(&config),
         Command::Run {
             config,
             until_idle,

@@ -12,6 +12,24 @@ use fedslice::protocol::{
 use fedslice::wire;
 
 use crate::config::SiteConfig;
+use fedslice::process::Permanent;
+
+/// A failed request, with a TLS trust failure explained in words and marked
+/// permanent: retrying a handshake with the wrong CA never succeeds.
+fn sent(
+    result: Result<reqwest::Response, reqwest::Error>,
+    what: impl FnOnce() -> String,
+) -> anyhow::Result<reqwest::Response> {
+    result.map_err(
+        |e| match fedslice::tls::explain_trust_failure(&e, fedslice::tls::Side::Site) {
+            Some(why) => anyhow::Error::new(e)
+                .context(why)
+                .context(Permanent::TlsTrust)
+                .context(what()),
+            None => anyhow::Error::new(e).context(what()),
+        },
+    )
+}
 
 /// A refusal from the aggregator (4xx): retrying the same request will not help.
 #[derive(Debug, thiserror::Error)]
@@ -61,16 +79,12 @@ pub struct Client {
 }
 
 impl Client {
+    /// Reads and checks the site's TLS bundle (see [`crate::credentials`]).
     pub fn new(config: &SiteConfig) -> anyhow::Result<Self> {
-        let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-        };
-        let tls = fedslice::tls::client_config(
-            &read(&config.ca_cert)?,
-            &read(&config.cert)?,
-            &read(&config.key)?,
-        )
-        .context("loading the site's TLS bundle")?;
+        Self::with_tls(config, crate::credentials::load(config)?.tls)
+    }
+
+    pub fn with_tls(config: &SiteConfig, tls: rustls::ClientConfig) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
@@ -134,6 +148,15 @@ impl Client {
             }
             .into());
         }
+        // Only the site check answers 403: revoked, not enrolled, or an old
+        // certificate. No retry changes that; the operator must act.
+        if status == reqwest::StatusCode::FORBIDDEN {
+            return Err(anyhow::Error::new(Refused {
+                status: status.as_u16(),
+                message,
+            })
+            .context(Permanent::Revoked));
+        }
         // 408 is "try again later", not a verdict on the request.
         if status.is_client_error() && status != reqwest::StatusCode::REQUEST_TIMEOUT {
             return Err(Refused {
@@ -143,6 +166,20 @@ impl Client {
             .into());
         }
         anyhow::bail!("aggregator error ({status}): {message}")
+    }
+
+    /// One authenticated request that changes nothing: the handshake both
+    /// ways and the site check (enrolled, not revoked).
+    pub async fn hello(&self) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .get(format!("{}{}", self.base, paths::HEALTH))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        let response = sent(response, || format!("connecting to {}", self.base))?;
+        Self::check(response).await?;
+        Ok(())
     }
 
     /// Long-polls for work: the aggregator answers as soon as there is some,
@@ -162,8 +199,8 @@ impl Client {
         let response = self
             .beat(request)
             .send()
-            .await
-            .with_context(|| format!("polling {}", self.base))?;
+            .await;
+        let response = sent(response, || format!("polling {}", self.base))?;
         let poll: PollResponse = Self::check(response).await?.json().await?;
         if let Some(work) = &poll.work {
             work.check_ids()
@@ -188,11 +225,10 @@ impl Client {
         if have > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let response = self
-            .beat(request)
-            .send()
-            .await
-            .with_context(|| format!("downloading model {digest} from {}", self.base))?;
+        let response = self.beat(request).send().await;
+        let response = sent(response, || {
+            format!("downloading model {digest} from {}", self.base)
+        })?;
         if response.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
             // What we hold is not a prefix of this model: start over.
             let _ = tokio::fs::remove_file(partial).await;
@@ -279,8 +315,10 @@ impl Client {
         let response = self
             .beat(request)
             .send()
-            .await
-            .with_context(|| format!("asking {} about upload {digest}", self.base))?;
+            .await;
+        let response = sent(response, || {
+            format!("asking {} about upload {digest}", self.base)
+        })?;
         let progress: UploadProgress = Self::check(response).await?.json().await?;
         Ok(progress.received)
     }
@@ -305,8 +343,8 @@ impl Client {
         let response = self
             .beat(request)
             .send()
-            .await
-            .with_context(|| format!("uploading to {}", self.base))?;
+            .await;
+        let response = sent(response, || format!("uploading to {}", self.base))?;
         match response.status() {
             reqwest::StatusCode::RANGE_NOT_SATISFIABLE => Ok(PartOutcome::ResumeElsewhere),
             reqwest::StatusCode::LOCKED => Ok(PartOutcome::Busy),

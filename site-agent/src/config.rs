@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use fedslice::process::Permanent;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,8 +41,33 @@ fn default_cache() -> PathBuf {
     PathBuf::from("cache")
 }
 
+/// What `aggregator site add` writes for `data`; the site must replace it.
+pub const DATA_PLACEHOLDER: &str = "/path/to/this/site/knee-mri";
+
 impl SiteConfig {
+    /// Reads `path`; any failure is a [`Permanent::Config`] error.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::load_inner(path).context(Permanent::Config)
+    }
+
+    /// `data` as `site add` left it, which never names a real folder.
+    pub fn data_is_placeholder(&self) -> bool {
+        self.data == Path::new(DATA_PLACEHOLDER)
+    }
+
+    /// The placeholder check as an error that names the fix.
+    pub fn ensure_data_set(&self, path: &Path) -> anyhow::Result<()> {
+        if self.data_is_placeholder() {
+            return Err(anyhow::anyhow!(
+                "`data` in {} still has its placeholder value {DATA_PLACEHOLDER}: set it to this site's knee MRI folder",
+                path.display()
+            ))
+            .context(Permanent::Config);
+        }
+        Ok(())
+    }
+
+    fn load_inner(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut config: SiteConfig =

@@ -10,9 +10,11 @@
 //! open a DICOM port inside the hospital) run an exported bundle inside the
 //! hospital and send nothing to the consortium.
 
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod credentials;
 pub mod dicom_node;
 pub mod heartbeat;
 pub mod inspect;

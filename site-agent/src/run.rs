@@ -21,6 +21,7 @@ use crate::config::SiteConfig;
 use crate::heartbeat::{BUSY_EVERY, Reporter, TrainingProgress};
 use crate::payload_log::PayloadLog;
 use crate::site_data::SiteData;
+use fedslice::process::Permanent;
 
 pub struct RunOptions {
     /// Exit once the aggregator has no open jobs (demos and tests).
@@ -143,11 +144,31 @@ fn round_checkpoint(
 
 pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
     let config = SiteConfig::load(config_path)?;
+    config.ensure_data_set(config_path)?;
+    let backend: fedslice::device::BackendKind = config
+        .device
+        .parse()
+        .with_context(|| format!("`device` in {}", config_path.display()))
+        .context(Permanent::Config)?;
+    // The bundle, then the aggregator's verdict on it, before the data
+    // folder is listed: listing and hashing thousands of studies only to
+    // find a missing key or a revoked site wastes minutes on every restart.
+    let credentials = crate::credentials::load(&config)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let _runtime_context = runtime.enter();
+    let reporter = Reporter::new(&backend.to_string());
+    let client = Client::with_tls(&config, credentials.tls)?.with_heartbeat(reporter.clone());
+    if let Err(e) = runtime.block_on(client.hello()) {
+        if fedslice::process::permanent_kind(&e).is_some() {
+            return Err(e);
+        }
+        // Unreachable for now: the loop below retries.
+        tracing::warn!("{e:#}");
+    }
     for sub in ["models", "outbox"] {
         std::fs::create_dir_all(config.cache_dir.join(sub))
             .with_context(|| format!("creating {}", config.cache_dir.join(sub).display()))?;
     }
-    let backend: fedslice::device::BackendKind = config.device.parse()?;
     let device = fedslice::device::open(backend)?;
     let mut data = SiteData::load(&config.data, config.plane, &config.cache_dir)?;
     // Each site's augmentation and masking streams differ; with a `site` name
@@ -165,10 +186,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
         aggregator = %config.aggregator_url,
         "site agent ready"
     );
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let reporter = Reporter::new(&backend.to_string());
-        let client = Client::new(&config)?.with_heartbeat(reporter.clone());
         spawn_heartbeats(client.clone(), reporter.clone());
         let log = PayloadLog::new(&config.cache_dir);
         let mut backoff = Backoff::new();
@@ -193,7 +211,12 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
                     first = false;
                     poll
                 }
-                Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
+                Err(e)
+                    if e.downcast_ref::<Refused>().is_some()
+                        || fedslice::process::permanent_kind(&e).is_some() =>
+                {
+                    return Err(e);
+                }
                 Err(e) => {
                     backoff.wait(&e).await;
                     continue;
@@ -236,6 +259,9 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
                     match do_round(&round, &mut data, salt, &device, &work).await {
                         Ok(()) => reporter.set(Activity::Idle),
                         Err(e) => {
+                            if fedslice::process::permanent_kind(&e).is_some() {
+                                return Err(e);
+                            }
                             // Shown to the operator until the next attempt
                             // moves on: a site that keeps failing says why.
                             reporter.set(Activity::Error {
