@@ -43,7 +43,7 @@ pub enum Command {
     /// Enrol, revoke and list sites.
     #[command(subcommand)]
     Site(SiteCommand),
-    /// Create federated jobs.
+    /// Create, list, cancel, pause and resume federated jobs.
     #[command(subcommand)]
     Job(JobCommand),
     /// Run the HTTPS service (client certificates required).
@@ -101,6 +101,25 @@ pub enum SiteCommand {
 pub enum JobCommand {
     /// Queue a job; jobs run one after another in creation order.
     Create(JobArgs),
+    /// Every job: state (pending, running, paused, finished, cancelled, failed) and rounds done.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a pending or running job for good. Its open round closes without a result (the
+    /// last published model stays), later uploads for it are refused with the reason, and the
+    /// next job in the queue starts.
+    Cancel {
+        job: String,
+        /// Why, for the audit log and the sites' logs.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Hold a pending or running job: no work is handed out, its open round neither closes nor
+    /// times out, and (while it is running) no later job starts.
+    Pause { job: String },
+    /// Let a paused job go on; its open round gets back the time it had left.
+    Resume { job: String },
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +140,10 @@ pub struct JobArgs {
     /// Finetune only: start the encoder from this finished pretrain job's global model.
     #[arg(long)]
     pub init_from: Option<String>,
+    /// Finetune only: start from random weights, without --init-from (say so on purpose:
+    /// a forgotten --init-from would otherwise waste the whole job).
+    #[arg(long, conflicts_with = "init_from")]
+    pub from_scratch: bool,
     /// Precision of the updates sites send: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: Dtype,
@@ -302,6 +325,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::report::list_sites(&open_state(&dir)?, json)
         }
         Command::Job(JobCommand::Create(args)) => create_job(&dir, &args),
+        Command::Job(JobCommand::List { json }) => {
+            crate::report::list_jobs(&open_state(&dir)?, json)
+        }
+        Command::Job(JobCommand::Cancel { job, reason }) => {
+            open_state(&dir)?.cancel_job(&job, &reason)?;
+            println!(
+                "cancelled {job}: its open round is closed without a result; sites are told when they next upload or poll"
+            );
+            Ok(())
+        }
+        Command::Job(JobCommand::Pause { job }) => {
+            open_state(&dir)?.pause_job(&job)?;
+            println!(
+                "paused {job}: no work is handed out and its round's clock is stopped (`aggregator job resume {job}`)"
+            );
+            Ok(())
+        }
+        Command::Job(JobCommand::Resume { job }) => {
+            open_state(&dir)?.resume_job(&job)?;
+            println!("resumed {job}");
+            Ok(())
+        }
         Command::Serve(args) => serve(&dir, &args),
         Command::Status(args) => {
             let service = crate::operator::probe(&StatePaths::new(&dir))?;
@@ -352,6 +397,16 @@ fn init(dir: &Path, args: &InitArgs) -> anyhow::Result<()> {
 }
 
 fn create_job(dir: &Path, args: &JobArgs) -> anyhow::Result<()> {
+    match args.phase {
+        Phase::Finetune if args.init_from.is_none() && !args.from_scratch => bail!(
+            "a finetune job without --init-from starts from random weights: pass --init-from JOB \
+             (a pretrain job) or, if that is what you want, --from-scratch"
+        ),
+        Phase::Pretrain if args.from_scratch => {
+            bail!("--from-scratch is for finetune jobs; a pretrain job always starts from scratch")
+        }
+        _ => {}
+    }
     let state = open_state(dir)?;
     let aggregation = match args.aggregation.as_str() {
         "fedavg" => Aggregation::Fedavg,

@@ -407,6 +407,13 @@ impl Engine {
                 waiting_for: (open_jobs > 0).then(|| "the next job to start".to_string()),
             });
         };
+        if state.paused_at(&job.id).map_err(internal)?.is_some() {
+            return Ok(PollResponse {
+                work: None,
+                open_jobs,
+                waiting_for: Some(format!("{}, paused by the operator, to resume", job.id)),
+            });
+        }
         let Some(round) = state.open_round(&job.id).map_err(internal)? else {
             return Ok(PollResponse {
                 work: None,
@@ -529,10 +536,14 @@ impl Engine {
                 ))
             })?;
             if job.status != "running" {
-                return Err(Rejection::Conflict(format!(
-                    "update is for job `{}`, which is {}",
-                    job.id, job.status
-                )));
+                return Err(Rejection::Conflict(match &job.error {
+                    // The agent logs this: say why its work is not wanted.
+                    Some(error) => format!(
+                        "update is for job `{}`, which was stopped ({error}); this round's work is dropped",
+                        job.id
+                    ),
+                    None => format!("update is for job `{}`, which is {}", job.id, job.status),
+                }));
             }
             let round = state
                 .open_round(&job.id)
@@ -652,6 +663,8 @@ impl Engine {
         let running = self.state().running_job()?;
         match running {
             None => self.start_next_job(),
+            // A paused job's round waits, whatever its deadline says.
+            Some(job) if self.state().paused_at(&job.id)?.is_some() => Ok(false),
             Some(job) => self.maybe_close_round(&job),
         }
     }
@@ -886,7 +899,7 @@ impl Engine {
             }
             tracing::info!(job = %job.id, round = round.round, digest, "{note}");
         } else {
-            tracing::info!(job = %job.id, round = round.round, "an update arrived during aggregation; aggregating again");
+            tracing::info!(job = %job.id, round = round.round, "an update arrived during aggregation, or the job was cancelled; looking again");
         }
         Ok(closed)
     }

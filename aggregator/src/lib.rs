@@ -14,6 +14,7 @@ pub mod engine;
 pub mod enrol;
 pub mod export;
 mod intake;
+pub mod job_control;
 pub mod ledger;
 pub mod limits;
 pub mod operator;

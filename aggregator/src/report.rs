@@ -27,6 +27,37 @@ pub fn list_sites(state: &State, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `aggregator job list`.
+pub fn list_jobs(state: &State, json: bool) -> anyhow::Result<()> {
+    let jobs = state.job_listing()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<9} {:<11} {:<10} {:<8} {:<24} note",
+        "job", "phase", "preset", "state", "rounds", "created"
+    );
+    for j in jobs {
+        let note = match (&j.job.error, j.paused_at, &j.job.spec.init_from) {
+            (Some(error), _, _) => error.clone(),
+            (None, Some(at), _) => format!("paused {}", ago(Some(at))),
+            (None, None, Some(from)) => format!("from {from}"),
+            (None, None, None) => String::new(),
+        };
+        println!(
+            "{:<10} {:<9} {:<11} {:<10} {:<8} {:<24} {note}",
+            j.job.id,
+            j.job.spec.phase.to_string(),
+            j.job.spec.preset,
+            j.state,
+            format!("{}/{}", j.rounds_closed, j.job.spec.rounds),
+            utc(j.job.created_at),
+        );
+    }
+    Ok(())
+}
+
 pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Result<()> {
     let jobs = state.jobs()?;
     let sites = state.sites()?;

@@ -200,7 +200,7 @@ pub enum AfterClose {
 }
 
 pub struct State {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 impl State {
@@ -527,9 +527,13 @@ impl State {
             .next())
     }
 
+    /// The oldest pending job the operator has not paused.
     pub fn next_pending_job(&self) -> Result<Option<JobRow>, StateError> {
         Ok(self
-            .jobs_where("status = ?1", "pending")?
+            .jobs_where(
+                "status = ?1 AND NOT EXISTS (SELECT 1 FROM meta WHERE key = 'pause:' || jobs.id)",
+                "pending",
+            )?
             .into_iter()
             .next())
     }
@@ -753,6 +757,15 @@ impl State {
             |r| r.get(0),
         )?;
         if recorded as usize != aggregated {
+            return Ok(false);
+        }
+        // Cancelled while the round was being aggregated: publish nothing.
+        let running: bool = tx.query_row(
+            "SELECT status = 'running' FROM jobs WHERE id = ?1",
+            params![job],
+            |r| r.get(0),
+        )?;
+        if !running {
             return Ok(false);
         }
         let changed = tx.execute(

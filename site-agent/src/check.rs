@@ -122,8 +122,8 @@ fn validity(info: &CertificateInfo, now: i64) -> (Outcome, String) {
 }
 
 /// Runs every check, prints one line each, and fails if any failed.
-pub fn run(config_path: &Path) -> anyhow::Result<()> {
-    let lines = checks(config_path);
+pub fn run(config_path: &Path, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let lines = checks(config_path, cache_dir);
     let failed = lines.iter().filter(|l| l.outcome == Outcome::Fail).count();
     if failed > 0 {
         anyhow::bail!(
@@ -138,10 +138,13 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn checks(config_path: &Path) -> Vec<Line> {
+pub fn checks(config_path: &Path, cache_dir: Option<std::path::PathBuf>) -> Vec<Line> {
     let mut report = Report { lines: Vec::new() };
     let config = match SiteConfig::load(config_path) {
-        Ok(config) => {
+        Ok(mut config) => {
+            if let Some(dir) = cache_dir {
+                config.cache_dir = dir;
+            }
             report.pass("config", format!("{} parses", config_path.display()));
             config
         }
@@ -246,6 +249,8 @@ fn check_aggregator(report: &mut Report, config: &SiteConfig, credentials: Optio
                     "aggregator reachable",
                     format!("`{url}` names no host; fix aggregator_url in site.toml"),
                 );
+                report.skip("TLS handshake", "no aggregator address");
+                report.skip("enrolment", "no aggregator address");
                 return;
             }
         },
@@ -254,6 +259,8 @@ fn check_aggregator(report: &mut Report, config: &SiteConfig, credentials: Optio
                 "aggregator reachable",
                 format!("`{url}` is not a URL ({e}); fix aggregator_url in site.toml"),
             );
+            report.skip("TLS handshake", "no aggregator address");
+            report.skip("enrolment", "no aggregator address");
             return;
         }
     };

@@ -131,11 +131,18 @@ pub enum Command {
         /// The site.toml from the site bundle.
         #[arg(long)]
         config: PathBuf,
+        /// Use this cache folder instead of site.toml's cache_dir (as `run --cache-dir`).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
     },
     /// Join the consortium: wait for work, train locally, upload updates.
     Run {
         #[arg(long)]
         config: PathBuf,
+        /// Use this cache folder instead of site.toml's cache_dir: the systemd unit points it
+        /// at its CacheDirectory= (/var/cache), keeping image-derived data out of /etc.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
         /// Exit when the aggregator has no open jobs (for demos and tests).
         #[arg(long)]
         until_idle: bool,
@@ -246,9 +253,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             max_associations,
             max_pdu,
         }),
-        Command::Check { config } => crate::check::run(&config),
+        Command::Check { config, cache_dir } => crate::check::run(&config, cache_dir),
         Command::Run {
             config,
+            cache_dir,
             until_idle,
             poll_wait,
         } => crate::run::run(
@@ -256,6 +264,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             crate::run::RunOptions {
                 until_idle,
                 poll_wait: Duration::from_secs(poll_wait),
+                cache_dir,
             },
         ),
     }

@@ -27,6 +27,8 @@ pub struct RunOptions {
     /// Exit once the aggregator has no open jobs (demos and tests).
     pub until_idle: bool,
     pub poll_wait: Duration,
+    /// Overrides the configuration's `cache_dir`.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Jittered exponential backoff for transient failures. A 429 waits at least
@@ -143,7 +145,10 @@ fn round_checkpoint(
 }
 
 pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
-    let config = SiteConfig::load(config_path)?;
+    let mut config = SiteConfig::load(config_path)?;
+    if let Some(dir) = options.cache_dir {
+        config.cache_dir = dir;
+    }
     config.ensure_data_set(config_path)?;
     let backend: fedslice::device::BackendKind = config
         .device
@@ -270,7 +275,7 @@ pub fn run(config_path: &Path, options: RunOptions) -> anyhow::Result<()> {
                             match e.downcast_ref::<Refused>() {
                                 // A refusal (stale round, invalid update) will not change on retry: move on.
                                 Some(refused) => {
-                                    tracing::warn!(job = %work.job, round = work.round, "{refused}")
+                                    tracing::warn!(job = %work.job, round = work.round, "dropping this round's work: {refused}")
                                 }
                                 None => backoff.wait(&e).await,
                             }
