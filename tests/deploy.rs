@@ -331,6 +331,15 @@ fn the_tarball_installs_and_runs_as_the_service_user() {
     .stderr(log)
     .spawn()
     .expect("start aggregator");
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the installed aggregator did not start listening: {}",
+            std::fs::read_to_string(dir.path().join("aggregator.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let cache = root
         .join("var/cache/fedslice/site-agent")
         .display()
