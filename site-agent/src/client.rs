@@ -196,10 +196,7 @@ impl Client {
                 if until_idle { "&until_idle=true" } else { "" }
             ))
             .timeout(wait + Duration::from_secs(20));
-        let response = self
-            .beat(request)
-            .send()
-            .await;
+        let response = self.beat(request).send().await;
         let response = sent(response, || format!("polling {}", self.base))?;
         let poll: PollResponse = Self::check(response).await?.json().await?;
         if let Some(work) = &poll.work {
@@ -312,10 +309,7 @@ impl Client {
         let request = self
             .http
             .get(format!("{}{}/{digest}", self.base, paths::UPLOADS));
-        let response = self
-            .beat(request)
-            .send()
-            .await;
+        let response = self.beat(request).send().await;
         let response = sent(response, || {
             format!("asking {} about upload {digest}", self.base)
         })?;
@@ -340,10 +334,7 @@ impl Client {
             .header(UPLOAD_LENGTH, total)
             .timeout(Duration::from_secs(600))
             .body(body);
-        let response = self
-            .beat(request)
-            .send()
-            .await;
+        let response = self.beat(request).send().await;
         let response = sent(response, || format!("uploading to {}", self.base))?;
         match response.status() {
             reqwest::StatusCode::RANGE_NOT_SATISFIABLE => Ok(PartOutcome::ResumeElsewhere),
