@@ -109,6 +109,19 @@ pub struct CohortArgs {
     /// testing the plumbing, not for judging a recipe.
     #[arg(long)]
     pub textbook: bool,
+    /// Style a only: label skew in [0, 1]. 0 lets each site draw its tear
+    /// prevalence from 0.25-0.5; above 0 the sites spread over
+    /// 0.375 +- 0.35 x skew (site 0 lowest, site 1 highest).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_skew: f64,
+    /// Style a only: scanner skew in [0, 2]. 1 as drawn; 0 the same scanner
+    /// and protocol at every site; above 1 the sites further apart.
+    #[arg(long, default_value_t = 1.0)]
+    pub scanner_skew: f64,
+    /// Relative spread of the sites' cohort sizes (quantity skew; 0 = equal,
+    /// 0.8 gives 20%-180% of --exams-per-site).
+    #[arg(long, default_value_t = 0.0)]
+    pub size_jitter: f64,
 }
 
 #[derive(Args, Debug)]
@@ -285,9 +298,16 @@ pub struct FederatedStudyArgs {
     /// exams (default: the demo's 25% share; more gives tighter AUCs).
     #[arg(long)]
     pub test_exams_per_site: Option<usize>,
-    /// Federated study: relative spread of the sites' cohort sizes (0 = equal).
+    /// Federated study: relative spread of the sites' cohort sizes
+    /// (quantity skew; 0 = equal, 0.8 gives 20%-180% of the exams per site).
     #[arg(long, default_value_t = 0.0)]
     pub size_jitter: f64,
+    /// Federated study: label skew in [0, 1] (see `phantom --label-skew`).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_skew: f64,
+    /// Federated study: scanner skew in [0, 2] (see `phantom --scanner-skew`).
+    #[arg(long, default_value_t = 1.0)]
+    pub scanner_skew: f64,
     /// Federated study: finetune rounds (default: the demo's).
     #[arg(long)]
     pub rounds: Option<u32>,

@@ -173,6 +173,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             image_size: budget.image_size,
             valid_fraction: HELD_OUT_FRACTION,
             textbook: false,
+            label_skew: 0.0,
+            scanner_skew: 1.0,
+            size_jitter: 0.0,
         },
     )?;
     let sites = cohort::load_sites(&data).with_context(|| format!("loading {}", data.display()))?;

@@ -15,6 +15,9 @@ pub fn config(args: &CohortArgs) -> PhantomConfig {
         image_size: args.image_size,
         valid_fraction: args.valid_fraction,
         textbook: args.textbook,
+        label_skew: args.label_skew,
+        scanner_skew: args.scanner_skew,
+        size_jitter: args.size_jitter,
         ..PhantomConfig::default()
     }
 }

@@ -189,6 +189,8 @@ fn run_federated(args: &StudyArgs) -> anyhow::Result<()> {
             image_size: budget.image_size,
             valid_fraction,
             size_jitter: fed.size_jitter,
+            label_skew: fed.label_skew,
+            scanner_skew: fed.scanner_skew,
             ..PhantomConfig::default()
         },
         pretrain,

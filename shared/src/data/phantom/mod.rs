@@ -48,8 +48,18 @@ pub struct PhantomConfig {
     pub image_size: usize,
     /// Share of each label held out for validation at every site.
     pub valid_fraction: f64,
-    /// Relative per-site cohort size variation; 0 gives exactly `exams_per_site` each.
+    /// Relative per-site cohort size variation (quantity skew); 0 gives
+    /// exactly `exams_per_site` each.
     pub size_jitter: f64,
+    /// Label skew in [0, 1]: 0 lets each site draw its tear prevalence from
+    /// 0.25–0.5; above 0 the sites spread over 0.375 ± 0.35·`label_skew`
+    /// ([`scanner::skewed_prevalence`]).
+    #[serde(default)]
+    pub label_skew: f64,
+    /// Scanner skew in [0, 2]: 1 as drawn, 0 the same scanner and protocol at
+    /// every site, above 1 sites further apart than drawn.
+    #[serde(default = "one")]
+    pub scanner_skew: f64,
     /// Textbook tears (full strength) and no ghosting or wrap-around, while
     /// protocols, contrasts, anatomy and pose still vary: for tests of the
     /// training and federation plumbing, which should not hinge on how hard
@@ -67,9 +77,15 @@ impl Default for PhantomConfig {
             image_size: 0,
             valid_fraction: 0.2,
             size_jitter: 0.0,
+            label_skew: 0.0,
+            scanner_skew: 1.0,
             textbook: false,
         }
     }
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl PhantomConfig {
@@ -108,6 +124,12 @@ impl PhantomConfig {
         }
         if !(0.0..1.0).contains(&self.size_jitter) {
             return bad("size_jitter must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.label_skew) {
+            return bad("label_skew must be in [0, 1]");
+        }
+        if !(0.0..=2.0).contains(&self.scanner_skew) {
+            return bad("scanner_skew must be in [0, 2]");
         }
         Ok(())
     }
@@ -1215,6 +1237,100 @@ mod tests {
         let sizes: Vec<usize> = (0..6).map(|s| site_profile(&jittered, s).exams).collect();
         assert!(sizes.iter().all(|&n| (30..=90).contains(&n)), "{sizes:?}");
         assert!(sizes.iter().any(|&n| n != 60), "{sizes:?}");
+    }
+
+    #[test]
+    fn label_skew_spreads_prevalence_and_keeps_earlier_sites() {
+        let drawn = PhantomConfig::default();
+        let skewed = PhantomConfig {
+            label_skew: 1.0,
+            ..drawn.clone()
+        };
+        let prevalence = |cfg: &PhantomConfig, s| site_profile(cfg, s).prevalence;
+        assert!((prevalence(&skewed, 0) - 0.025).abs() < 1e-9);
+        assert!((prevalence(&skewed, 1) - 0.725).abs() < 1e-9);
+        assert!((prevalence(&skewed, 2) - 0.375).abs() < 1e-9);
+        // Only the case mix moves: the scanner is the one drawn without skew.
+        let (a, b) = (site_profile(&drawn, 2), site_profile(&skewed, 2));
+        assert_eq!(
+            (a.contrast, a.matrix, a.gain),
+            (b.contrast, b.matrix, b.gain)
+        );
+        // Half the skew, half the spread; generated labels follow.
+        let half = PhantomConfig {
+            label_skew: 0.5,
+            exams_per_site: 400,
+            ..drawn
+        };
+        assert!((prevalence(&half, 0) - 0.2).abs() < 1e-9);
+        let cohort = generate_site(&half, 1);
+        let torn = cohort
+            .train
+            .iter()
+            .chain(&cohort.valid)
+            .filter(|e| e.exam.label == Some(true))
+            .count();
+        let rate = torn as f64 / 400.0;
+        assert!((rate - 0.55).abs() < 0.07, "site 1 tear rate {rate}");
+    }
+
+    #[test]
+    fn scanner_skew_zero_gives_every_site_one_scanner() {
+        let same = PhantomConfig {
+            scanner_skew: 0.0,
+            ..PhantomConfig::default()
+        };
+        let reference = site_profile(&same, 0);
+        for s in 1..5 {
+            let p = site_profile(&same, s);
+            assert_eq!(
+                (p.contrast, p.matrix, p.full_scale, p.slices),
+                (
+                    reference.contrast,
+                    reference.matrix,
+                    reference.full_scale,
+                    reference.slices
+                )
+            );
+            assert_eq!(
+                (p.gain, p.noise_sigma, p.blur_mm),
+                (reference.gain, reference.noise_sigma, reference.blur_mm)
+            );
+        }
+        // As drawn at 1; further apart at 2 (the spread of gain across sites grows).
+        let spread = |skew: f64| {
+            let cfg = PhantomConfig {
+                scanner_skew: skew,
+                ..PhantomConfig::default()
+            };
+            let gains: Vec<f64> = (0..8).map(|s| site_profile(&cfg, s).gain).collect();
+            let mean = gains.iter().sum::<f64>() / 8.0;
+            gains.iter().map(|g| (g - mean).powi(2)).sum::<f64>()
+        };
+        assert_eq!(site_profile(&PhantomConfig::default(), 3), {
+            let cfg = PhantomConfig {
+                scanner_skew: 1.0,
+                ..PhantomConfig::default()
+            };
+            site_profile(&cfg, 3)
+        });
+        assert!(spread(2.0) > spread(1.0) && spread(1.0) > spread(0.5));
+        assert!(
+            PhantomConfig {
+                scanner_skew: 2.5,
+                ..PhantomConfig::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            PhantomConfig {
+                label_skew: 1.5,
+                ..PhantomConfig::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[test]

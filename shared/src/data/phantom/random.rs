@@ -24,6 +24,7 @@ pub(crate) mod salt {
     pub const POSE: u64 = 0x5173_0000_0000_000b;
     pub const PALETTE: u64 = 0x5173_0000_0000_000c;
     pub const PROTOCOL: u64 = 0x5173_0000_0000_000d;
+    pub const SKEW: u64 = 0x5173_0000_0000_000e;
 }
 
 /// SplitMix64 finaliser: a bijective avalanche of 64 bits.

@@ -100,7 +100,81 @@ const MATRICES: [(usize, u32); 9] = [
 
 /// Deterministic in `(cfg.seed, site)` only, so adding sites never changes earlier ones.
 /// `cfg.image_size > 0` fixes the matrix; everything else is drawn the same either way.
+/// `cfg.scanner_skew` and `cfg.label_skew` move the drawn profile towards or away
+/// from the other sites' ([`with_scanner_skew`], [`skewed_prevalence`]).
 pub fn site_profile(cfg: &PhantomConfig, site: usize) -> ScannerProfile {
+    let mut profile = drawn_profile(cfg, site);
+    if cfg.scanner_skew != 1.0 {
+        profile = with_scanner_skew(cfg, site, profile);
+    }
+    if cfg.label_skew > 0.0 {
+        profile.prevalence = skewed_prevalence(cfg.label_skew, site);
+    }
+    profile
+}
+
+/// Tear prevalence of `site` under label skew `skew` in (0, 1]: the sites spread
+/// over 0.375 ± 0.35·skew, site 0 lowest, site 1 highest, later sites filling
+/// the gaps (van der Corput order), so every prefix of sites is spread evenly
+/// and adding sites never moves earlier ones. Without skew each site draws its
+/// prevalence from 0.25–0.5.
+pub fn skewed_prevalence(skew: f64, site: usize) -> f64 {
+    let position = match site {
+        0 => 0.0,
+        1 => 1.0,
+        k => {
+            // Radical inverse of k - 1 in base 2: 0.5, 0.25, 0.75, 0.125, ...
+            let (mut n, mut x, mut base) = (k - 1, 0.0, 0.5);
+            while n > 0 {
+                if n & 1 == 1 {
+                    x += base;
+                }
+                n >>= 1;
+                base /= 2.0;
+            }
+            x
+        }
+    };
+    0.375 + 0.35 * skew.clamp(0.0, 1.0) * (2.0 * position - 1.0)
+}
+
+/// Moves a drawn profile's scanner towards (`scanner_skew` < 1) or away from
+/// (> 1) a common one. Intensity characteristics (gain, gamma, coil shading,
+/// noise, blur, artefact rates) scale their distance from the middle of their
+/// range; below 1 a site keeps its own protocol (contrast, field of view,
+/// matrix, slices, output scale) with probability `scanner_skew` and otherwise
+/// scans with site 0's. At 0 every site has the same scanner: no scanner skew,
+/// only the case mix differs.
+fn with_scanner_skew(cfg: &PhantomConfig, site: usize, drawn: ScannerProfile) -> ScannerProfile {
+    let skew = cfg.scanner_skew.max(0.0);
+    let mut p = drawn;
+    let keeps_protocol = super::random::unit(mix(mix(cfg.seed, site as u64), salt::SKEW)) < skew;
+    if site > 0 && !keeps_protocol {
+        let reference = drawn_profile(cfg, 0);
+        p.contrast = reference.contrast;
+        p.fov_mm = reference.fov_mm;
+        p.matrix = reference.matrix;
+        p.slice_thickness_mm = reference.slice_thickness_mm;
+        p.slice_spacing_mm = reference.slice_spacing_mm;
+        p.slices = reference.slices;
+        p.full_scale = reference.full_scale;
+        p.phase_axis = reference.phase_axis;
+    }
+    let scale = |value: f64, middle: f64, lo: f64, hi: f64| {
+        (middle + skew * (value - middle)).clamp(lo, hi)
+    };
+    p.gain = scale(p.gain, 0.75, 0.3, 1.0);
+    p.gamma = scale(p.gamma, 1.0, 0.6, 1.6);
+    p.bias_field_strength = scale(p.bias_field_strength, 0.225, 0.0, 0.6);
+    p.noise_sigma = scale(p.noise_sigma, 0.03, 0.003, 0.08);
+    p.blur_mm = scale(p.blur_mm, 0.425, 0.05, 1.0);
+    p.ghosting_rate = scale(p.ghosting_rate, 0.225, 0.0, 0.8);
+    p.wrap_rate = scale(p.wrap_rate, 0.21, 0.0, 0.8);
+    p
+}
+
+/// The profile as drawn, before any skew.
+fn drawn_profile(cfg: &PhantomConfig, site: usize) -> ScannerProfile {
     let mut rng = std_rng(mix(cfg.seed, site as u64), salt::PROFILE);
     let jitter = cfg.size_jitter.clamp(0.0, 0.95);
     let scale: f64 = rng.random_range(-1.0..=1.0);

@@ -10,6 +10,7 @@ fn cfg(image_size: usize) -> PhantomConfig {
         valid_fraction: 0.2,
         size_jitter: 0.0,
         textbook: false,
+        ..PhantomConfig::default()
     }
 }
 
