@@ -51,6 +51,7 @@ fn job(consortium: &Consortium, rounds: &str) -> String {
             "2",
             "--local-epochs",
             "1",
+            "--from-scratch",
         ])
         .trim()
         .to_string()

@@ -486,7 +486,6 @@ impl Engine {
 
     /// Validates an uploaded update against the open round and records it.
     pub fn accept_update(&self, site: &str, bytes: &[u8]) -> Result<UploadReceipt, Rejection> {
-        self.metrics.bytes_in.inc_by(bytes.len() as u64);
         let receipt = self.check_and_record_update(site, bytes)?;
         self.metrics.updates_accepted.inc();
         Ok(receipt)

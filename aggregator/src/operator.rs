@@ -145,7 +145,7 @@ impl Metrics {
         );
         registry.register(
             "update_bytes_received",
-            "Bytes of site updates received for validation",
+            "Bytes of site updates received, counted as they arrive (refused ones included)",
             bytes_in.clone(),
         );
         registry.register(

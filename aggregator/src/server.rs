@@ -282,6 +282,9 @@ async fn post_update(
                 Rejection::BadRequest(format!("upload interrupted or over the size limit: {e}"))
             })?;
             received += chunk.len() as u64;
+            // Counted as it arrives: a body refused from its first bytes
+            // still crossed the network.
+            engine.metrics.bytes_in.inc_by(chunk.len() as u64);
             crate::crash_points::reached("upload:mid_body");
             if received > limit {
                 return Err(crate::intake::too_large(limit));

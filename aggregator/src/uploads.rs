@@ -273,6 +273,7 @@ async fn append(
                 "more than the announced {length} bytes were sent; start again from 0"
             )));
         }
+        engine.metrics.bytes_in.inc_by(chunk.len() as u64);
         if let Err(refused) = head.feed(&chunk) {
             drop(file);
             let _ = tokio::fs::remove_file(&path).await;

@@ -357,6 +357,7 @@ fn the_evaluation_round_accepts_scores_only() {
             "1",
             "--min-sites",
             "1",
+            "--from-scratch",
         ],
     );
     let engine = Engine::open(&state, 64 << 20).expect("engine");

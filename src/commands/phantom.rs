@@ -18,7 +18,6 @@ pub fn config(args: &CohortArgs) -> PhantomConfig {
         label_skew: args.label_skew,
         scanner_skew: args.scanner_skew,
         size_jitter: args.size_jitter,
-        ..PhantomConfig::default()
     }
 }
 
