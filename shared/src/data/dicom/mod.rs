@@ -20,6 +20,7 @@ mod identity;
 mod open;
 mod pixels;
 mod series;
+pub mod vr;
 mod writer;
 
 pub use error::DicomError;
