@@ -260,7 +260,7 @@ impl Engine {
     /// audited, so the operator sees why the site is silent. The reason is
     /// the site's text, so it is escaped and cut short.
     pub fn record_refusal(&self, site: &str, refusal: &fedslice::protocol::WorkRefusal) {
-        let shown = |s: &str, n| s.escape_debug().take(n).collect::<String>();
+        let shown = fedslice::text::bounded;
         let detail = format!(
             "{} round {}: {}",
             shown(&refusal.job, 80),
@@ -272,7 +272,8 @@ impl Engine {
     }
 
     pub fn record_rejection(&self, site: &str, rejection: &Rejection) {
-        let shown = crate::text::bounded(&rejection.to_string(), crate::text::MAX_DETAIL_CHARS);
+        let shown =
+            fedslice::text::bounded(&rejection.to_string(), fedslice::text::MAX_DETAIL_CHARS);
         tracing::warn!(site, "refused: {shown}");
         self.metrics.refused_update(rejection);
         self.audit_event(

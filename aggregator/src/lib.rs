@@ -25,5 +25,4 @@ pub mod server;
 mod server_opt;
 pub mod state;
 pub mod status_page;
-pub mod text;
 mod uploads;

@@ -212,19 +212,52 @@ pub fn audit(state: &State, limit: usize, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     for r in rows {
-        println!(
-            "{:>6} {} {:<18} {:<12} {}{}",
-            r.id,
-            utc(r.at),
-            r.event,
-            r.site.as_deref().unwrap_or("-"),
-            r.detail,
-            if r.count > 1 {
-                format!(" [x{}]", r.count)
-            } else {
-                String::new()
-            }
-        );
+        println!("{}", audit_line(&r));
     }
     Ok(())
+}
+
+/// One audit row as `aggregator audit` prints it.
+fn audit_line(r: &crate::state::AuditRow) -> String {
+    format!(
+        "{:>6} {} {:<18} {:<12} {}{}",
+        r.id,
+        utc(r.at),
+        r.event,
+        // Rows written before details were escaped on the way in
+        // (security review L3) are shown escaped all the same.
+        fedslice::text::escape_controls(r.site.as_deref().unwrap_or("-")),
+        fedslice::text::escape_controls(&r.detail),
+        if r.count > 1 {
+            format!(" [x{}]", r.count)
+        } else {
+            String::new()
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_row_prints_as_one_line_whatever_its_detail_holds() {
+        // As an older version stored it: raw, with a terminal escape and a
+        // forged second line (the review's L3 reproduction).
+        let row = crate::state::AuditRow {
+            id: 7,
+            at: 1_780_000_000,
+            event: "request_refused".into(),
+            site: Some("site-a".into()),
+            detail: "unknown job job-1\u{1b}[31mRED\u{1b}[0m\n2026 FAKE site_revoked site-b".into(),
+            count: 3,
+        };
+        let line = audit_line(&row);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.contains("job-1\\u{1b}[31mRED") && line.contains("\\n2026 FAKE"),
+            "{line}"
+        );
+        assert!(line.ends_with(" [x3]"), "{line}");
+    }
 }

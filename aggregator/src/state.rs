@@ -260,7 +260,7 @@ impl State {
     ) -> Result<(), StateError> {
         // Details embed site-controlled text (a job name, say): bounded and
         // escaped here so no caller can forget (security review M4, L3).
-        let detail = crate::text::bounded(detail, crate::text::MAX_DETAIL_CHARS);
+        let detail = fedslice::text::bounded(detail, fedslice::text::MAX_DETAIL_CHARS);
         self.conn.execute(
             "INSERT INTO audit (at, event, site, detail, count) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![

@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod ssl;
 #[cfg(feature = "phantom")]
 pub mod study;
+pub mod text;
 pub mod tls;
 pub mod train;
 pub mod wire;

@@ -3,7 +3,9 @@
 //! and turn an error into one `error: …` line and a failing exit status.
 
 use std::io::IsTerminal;
+
 use std::process::ExitCode;
+use tracing_subscriber::util::SubscriberInitExt;
 
 pub fn init_tracing(verbose: u8) {
     // The JPEG 2000 decoder narrates every header it reads at info level:
@@ -16,12 +18,80 @@ pub fn init_tracing(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // A second call (a CLI embedded in another) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
+    let _ = subscriber(filter, std::io::stderr, std::io::stderr().is_terminal()).try_init();
+}
+
+fn subscriber<W>(
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer)
+        .with_ansi(ansi)
         .with_target(false)
-        .try_init();
+        .fmt_fields(EscapedFields)
+        .finish()
+}
+
+/// Event fields as the default formatter writes them (`name=value`, the
+/// message bare, `log.*` metadata of bridged `log` records left out), with
+/// line breaks and terminal controls escaped in every value and in the
+/// message. Logs carry text from outside (a job name, an AE title, an error
+/// from a peer); the default escapes only some terminal controls, and only
+/// in the message, so a `%` field with a newline could forge a whole log
+/// line (security review L3). Escaping here covers every call site,
+/// present and future.
+struct EscapedFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for EscapedFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = EscapedVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapedVisitor<'w> {
+    writer: tracing_subscriber::fmt::format::Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for EscapedVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let shown = format!("{value:?}");
+        let shown = crate::text::escape_controls(&shown);
+        let gap = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        self.result = match name {
+            "message" => write!(self.writer, "{gap}{shown}"),
+            name => write!(
+                self.writer,
+                "{gap}{}={shown}",
+                name.strip_prefix("r#").unwrap_or(name)
+            ),
+        };
+    }
 }
 
 /// Errors that no restart can cure. Each has its own exit status so a
@@ -124,5 +194,60 @@ mod tests {
         assert_eq!(codes.len(), Permanent::ALL.len());
         // 1 is any failure, 2 clap's usage error; systemd must still restart those.
         assert!(codes.iter().all(|&c| c > 2 && c < 126));
+    }
+
+    /// What a log writer received.
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn outside_text_in_a_log_event_cannot_forge_a_line_or_reach_the_terminal() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let logs = subscriber(
+            tracing_subscriber::EnvFilter::new("info"),
+            move || writer.clone(),
+            false,
+        );
+        let forged = "job-1\u{1b}[31mRED\u{1b}[0m\n2026-01-01T00:00:00Z  WARN site_revoked site-b";
+        tracing::subscriber::with_default(logs, || {
+            tracing::warn!(job = %forged, site = "site-a", "refused: {forged}");
+            tracing::info!(ae = ?forged, "association");
+            tracing::info!(log.target = "a_dependency", "bridged from the log crate");
+        });
+        let bytes = capture.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let text = String::from_utf8(bytes).expect("UTF-8 log");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            lines[0].contains("refused: job-1\\u{1b}[31mRED")
+                && lines[0].contains("job=job-1\\u{1b}[31m")
+                && lines[0].contains("\\n2026-01-01")
+                && lines[0].contains("site=\"site-a\""),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains("ae=\"job-1\\u{1b}[31mRED"),
+            "{}",
+            lines[1]
+        );
     }
 }

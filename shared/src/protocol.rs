@@ -207,7 +207,7 @@ pub enum WorkIdError {
 /// log lines and derives file names from.
 pub fn check_work_ids(job: &str, model_digest: &str) -> Result<(), WorkIdError> {
     // Shown escaped and cut short: the value may be hostile.
-    let shown = |s: &str| s.escape_debug().take(80).collect::<String>();
+    let shown = |s: &str| crate::text::bounded(s, 80);
     if !is_job_id(job) {
         return Err(WorkIdError::JobId(shown(job)));
     }

@@ -106,7 +106,7 @@ fn model_path(cache: &Path, digest: &str) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(
         wire::is_sha256_hex(digest),
         "model digest `{}` is not 64 lowercase hex digits",
-        digest.escape_debug().take(80).collect::<String>()
+        fedslice::text::bounded(digest, 80)
     );
     Ok(cache.join("models").join(format!("{digest}.fslw")))
 }
