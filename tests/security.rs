@@ -183,3 +183,130 @@ fn a_flooding_site_is_throttled_with_one_audit_entry() {
         "one audit entry per flood"
     );
 }
+
+/// One HTTP/1.1 request read off `stream` (headers and a Content-Length
+/// body); its request line, or `None` when the peer sent none.
+fn read_request(stream: &mut impl std::io::Read) -> Option<String> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    let length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    head.lines().next().map(str::to_owned)
+}
+
+/// A stand-in aggregator with a genuine server certificate of the site's CA
+/// (as a compromised aggregator, or one whose key leaked, would have) that
+/// answers every request with a 307 to a plain-HTTP service inside the
+/// hospital. The agent follows none: the update never leaves in the clear
+/// and the internal service hears nothing (security review L2).
+#[test]
+fn the_site_agent_follows_no_redirect_from_its_aggregator() {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = pki::create_ca("fedslice consortium CA", 30).expect("CA");
+    let server = pki::issue_server(&ca, &["127.0.0.1".to_owned()], 30).expect("server cert");
+    let site = pki::issue_site(&ca, "site-a", Validity::Days(30)).expect("site cert");
+    let tls = fedslice::tls::server_config(&ca.cert_pem, &server.cert_pem, &server.key_pem)
+        .expect("server TLS");
+
+    // The internal service: records what reaches it and answers 200.
+    let internal = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let internal_port = internal.local_addr().expect("addr").port();
+    let reached: Arc<Mutex<Vec<String>>> = Arc::default();
+    let heard = reached.clone();
+    std::thread::spawn(move || {
+        for mut stream in internal.incoming().flatten() {
+            let line = read_request(&mut stream).unwrap_or_else(|| "(connection)".into());
+            heard.lock().expect("lock").push(line);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+        }
+    });
+
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let fake_port = fake.local_addr().expect("addr").port();
+    let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let asked_by_agent = asked.clone();
+    std::thread::spawn(move || {
+        for tcp in fake.incoming().flatten() {
+            let Ok(conn) = rustls::ServerConnection::new(tls.clone()) else {
+                continue;
+            };
+            let mut stream = rustls::StreamOwned::new(conn, tcp);
+            while let Some(line) = read_request(&mut stream) {
+                asked_by_agent.lock().expect("lock").push(line);
+                let answer = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{internal_port}/internal-collector\r\nContent-Length: 0\r\n\r\n"
+                );
+                if stream.write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+                let _ = stream.flush();
+            }
+        }
+    });
+
+    for (name, text) in [
+        ("ca.pem", &ca.cert_pem),
+        ("site.pem", &site.cert_pem),
+        ("site.key", &site.key_pem),
+    ] {
+        std::fs::write(dir.path().join(name), text).expect("write PEM");
+    }
+    let toml = dir.path().join("site.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "site = \"site-a\"\naggregator_url = \"https://127.0.0.1:{fake_port}\"\nca_cert = \"ca.pem\"\ncert = \"site.pem\"\nkey = \"site.key\"\ndata = \"data\"\n"
+        ),
+    )
+    .expect("write site.toml");
+    let config = site_agent::config::SiteConfig::load(&toml).expect("site.toml");
+    let client = site_agent::client::Client::new(&config).expect("client");
+
+    let update = vec![7u8; 4096];
+    let digest = fedslice::wire::digest(&update);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (upload, hello) = runtime.block_on(async {
+        (
+            client
+                .upload_part(&digest, 0, update.len() as u64, update.clone().into())
+                .await,
+            client.hello().await,
+        )
+    });
+    for (what, outcome) in [("upload", upload.map(|_| ())), ("hello", hello)] {
+        let error = outcome.expect_err(what);
+        let refused = error
+            .downcast_ref::<site_agent::client::Refused>()
+            .unwrap_or_else(|| panic!("{what}: not a refusal: {error:#}"));
+        assert_eq!(refused.status, 307, "{what}");
+        assert!(
+            refused.message.contains("follows none")
+                && refused.message.contains("/internal-collector"),
+            "{what}: {refused}"
+        );
+    }
+    let asked = asked.lock().expect("lock").clone();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(asked[0].starts_with("PATCH /v1/uploads/"), "{asked:?}");
+    assert!(
+        reached.lock().expect("lock").is_empty(),
+        "the internal service was reached: {:?}",
+        reached.lock().expect("lock")
+    );
+}

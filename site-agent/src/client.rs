@@ -93,6 +93,11 @@ impl Client {
             // pooled connection is dropped here before the server closes it
             // under a request in flight.
             .pool_idle_timeout(Duration::from_secs(20))
+            // The aggregator never redirects. Following one would let whoever
+            // answers for it aim this hospital host, update in hand, at any
+            // other host or at plain HTTP (security review L2).
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(true)
             .build()
             .context("building the HTTPS client")?;
         Ok(Self {
@@ -135,6 +140,21 @@ impl Client {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
+        }
+        if status.is_redirection() {
+            return Err(Refused {
+                status: status.as_u16(),
+                message: format!(
+                    "answered with a redirect{}; the agent follows none: check aggregator_url",
+                    response
+                        .headers()
+                        .get(reqwest::header::LOCATION)
+                        .and_then(|l| l.to_str().ok())
+                        .map(|l| format!(" to {}", fedslice::text::bounded(l, 200)))
+                        .unwrap_or_default()
+                ),
+            }
+            .into());
         }
         let retry_after = retry_after(response.headers());
         let body = response.text().await.unwrap_or_default();

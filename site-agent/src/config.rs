@@ -72,12 +72,8 @@ impl SiteConfig {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let mut config: SiteConfig =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        anyhow::ensure!(
-            config.aggregator_url.starts_with("https://"),
-            "{}: aggregator_url must be an https:// URL, got `{}`",
-            path.display(),
-            config.aggregator_url
-        );
+        check_aggregator_url(&config.aggregator_url)
+            .with_context(|| format!("{}: aggregator_url", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut config.ca_cert,
@@ -92,5 +88,84 @@ impl SiteConfig {
         }
         config.aggregator_url = config.aggregator_url.trim_end_matches('/').to_string();
         Ok(config)
+    }
+}
+
+/// The agent speaks only HTTPS to the aggregator (the client also refuses
+/// any other scheme and every redirect): an `http://` URL would send the
+/// site's updates in the clear, so it is refused at load, not at first use.
+fn check_aggregator_url(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url)
+        .with_context(|| format!("`{url}` is not a URL (expected https://HOST:PORT)"))?;
+    anyhow::ensure!(
+        parsed.scheme() == "https",
+        "must be an https:// URL, got `{url}`: the agent never sends updates without TLS"
+    );
+    anyhow::ensure!(
+        parsed.host_str().is_some_and(|h| !h.is_empty()),
+        "`{url}` names no host"
+    );
+    anyhow::ensure!(
+        parsed.username().is_empty() && parsed.password().is_none(),
+        "`{url}` holds a user name or password: the site authenticates with its certificate only"
+    );
+    anyhow::ensure!(
+        parsed.query().is_none() && parsed.fragment().is_none(),
+        "`{url}` has a query or fragment: give the aggregator's base URL only"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(url: &str) -> anyhow::Result<SiteConfig> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("site.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "aggregator_url = \"{url}\"\nca_cert = \"ca.pem\"\ncert = \"site.pem\"\nkey = \"site.key\"\ndata = \"data\"\n"
+            ),
+        )
+        .expect("write site.toml");
+        SiteConfig::load(&path)
+    }
+
+    #[test]
+    fn only_a_plain_https_aggregator_url_loads() {
+        let config = load("https://aggregator.example.org:8443/").expect("https loads");
+        assert_eq!(config.aggregator_url, "https://aggregator.example.org:8443");
+        for (url, why) in [
+            (
+                "http://aggregator.example.org:8443",
+                "must be an https:// URL",
+            ),
+            ("HTTP://aggregator.example.org", "must be an https:// URL"),
+            ("ftp://aggregator.example.org", "must be an https:// URL"),
+            ("aggregator.example.org:8443", "https:// URL"),
+            ("https://", "not a URL"),
+            (
+                "https://user:secret@aggregator.example.org",
+                "user name or password",
+            ),
+            (
+                "https://aggregator.example.org/?next=http://x",
+                "query or fragment",
+            ),
+        ] {
+            let error = load(url).expect_err(url);
+            let shown = format!("{error:#}");
+            assert!(
+                shown.contains("aggregator_url") && shown.contains(why),
+                "{url}: {shown}"
+            );
+            assert_eq!(
+                fedslice::process::permanent_kind(&error),
+                Some(Permanent::Config),
+                "{url}"
+            );
+        }
     }
 }
