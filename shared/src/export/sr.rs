@@ -12,7 +12,8 @@
 //! Type 2 value is written empty and an invalid Type 3 value left out, never
 //! cut to fit. The Study and Series Instance UIDs are Type 1 and the report
 //! cannot be filed without them, so an invalid one is replaced by a
-//! substitute derived from it, and the report says so; images whose own UIDs
+//! substitute derived from it and from the series' image UIDs (stable across
+//! reruns, never shared by two series), and the report says so; images whose own UIDs
 //! are invalid are left out of the evidence, and with none left no report is
 //! written. What was changed is logged and returned, without the values.
 
@@ -225,6 +226,7 @@ pub fn write_sr(prediction: &Prediction, out: &Path) -> Result<WrittenReport, Sr
     // sequence. An image whose UIDs are not valid cannot be referenced by
     // them, and a made-up UID would name an image that does not exist.
     let mut referenced = Vec::with_capacity(series.files.len());
+    let mut instances = Vec::with_capacity(series.files.len());
     for file in &series.files {
         let header = if file == first {
             None
@@ -242,6 +244,7 @@ pub fn write_sr(prediction: &Prediction, out: &Path) -> Result<WrittenReport, Sr
                 text(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &class),
                 text(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &instance),
             ]));
+            instances.push(instance);
         }
     }
     if referenced.is_empty() {
@@ -256,14 +259,18 @@ pub fn write_sr(prediction: &Prediction, out: &Path) -> Result<WrittenReport, Sr
             series.files.len()
         ));
     }
+    instances.sort_unstable();
+    let images = instances.join("\\");
     let study_uid = uid_or_substitute(
         "StudyInstanceUID",
         &series.study_instance_uid,
+        &images,
         &mut corrections,
     );
     let input_series_uid = uid_or_substitute(
         "SeriesInstanceUID",
         &series.series_instance_uid,
+        &images,
         &mut corrections,
     );
     let substituted =
@@ -452,27 +459,40 @@ pub fn write_sr(prediction: &Prediction, out: &Path) -> Result<WrittenReport, Sr
     })
 }
 
-/// `value` when it is a valid UID, else a substitute derived from it. The
-/// SR cannot be filed or reference its series without these UIDs, and an
-/// invalid one would make the whole report invalid; the same input always
-/// gets the same substitute, so the reports on one study stay together.
-fn uid_or_substitute(name: &str, value: &str, corrections: &mut Vec<String>) -> String {
+/// `value` when it is a valid UID, else a substitute. The SR cannot be
+/// filed or reference its series without these UIDs, and an invalid one
+/// would make the whole report invalid. The substitute is derived from the
+/// attribute, the invalid value and the series' own image UIDs (`images`):
+/// a rerun on the same series gets the same one, while two series whose
+/// UID is missing or the same junk ("unknown", "n/a") never share one, which
+/// could file one patient's report in another patient's study.
+fn uid_or_substitute(
+    name: &str,
+    value: &str,
+    images: &str,
+    corrections: &mut Vec<String>,
+) -> String {
     match vr::uid(value) {
         Ok(()) => value.to_owned(),
         Err(why) => {
             corrections.push(format!(
-                "{name} replaced by a substitute derived from it: {why}"
+                "{name} replaced by a substitute derived from it and the series' images: {why}"
             ));
-            substitute_uid(value)
+            substitute_uid(&[name, value, images])
         }
     }
 }
 
 /// A UID under the UUID root 2.25 whose UUID (version 8) is the start of
-/// a SHA-256 of `invalid`.
-fn substitute_uid(invalid: &str) -> String {
-    let digest =
-        Sha256::digest([b"fedslice substitute UID\0".as_slice(), invalid.as_bytes()].concat());
+/// a SHA-256 of `parts`, each length-prefixed so no two lists read alike.
+fn substitute_uid(parts: &[&str]) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"fedslice substitute UID");
+    for part in parts {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part.as_bytes());
+    }
+    let digest = hash.finalize();
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     format!(
@@ -663,7 +683,7 @@ mod tests {
         }
         let study = string_of(&sr, tags::STUDY_INSTANCE_UID).expect("study UID");
         assert_eq!(vr::uid(&study), Ok(()), "{study}");
-        assert_eq!(study, substitute_uid(&hostile_study_uid()));
+        assert_ne!(study, hostile_study_uid());
         let bytes = std::fs::read(&out).expect("read SR");
         let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
         for forged in [&b"\x1b"[..], b"FAKE", b"SECOND-ID", b"abc/../", b"owned"] {
@@ -691,7 +711,7 @@ mod tests {
             written.corrections
         );
 
-        // The same study gets the same substitute on every report.
+        // A rerun on the same series files its report in the same place.
         let again = write_sr(&prediction, &dir.path().join("again.dcm")).expect("SR");
         let sr2 = open_file(&again.path).expect("reads back");
         assert_eq!(string_of(&sr2, tags::STUDY_INSTANCE_UID), Some(study));
@@ -707,6 +727,46 @@ mod tests {
                 input_errors.len()
             );
         }
+    }
+
+    #[test]
+    fn series_without_a_study_uid_are_never_filed_into_one_study() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut filed = Vec::new();
+        for name in ["patient-1", "patient-2"] {
+            let series = dir.path().join(name);
+            series_with(
+                &series,
+                &[
+                    (tags::STUDY_INSTANCE_UID, VR::UI, String::new()),
+                    (tags::SERIES_INSTANCE_UID, VR::UI, "unknown".to_owned()),
+                ],
+            );
+            let out = dir.path().join(format!("{name}.dcm"));
+            write_sr(&prediction_on(&series), &out).expect("SR written");
+            let sr = open_file(&out).expect("SR reads back");
+            let study = string_of(&sr, tags::STUDY_INSTANCE_UID).expect("study UID");
+            let evidence = sr
+                .element(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+                .expect("evidence");
+            let referenced_series = evidence.items().expect("items")[0]
+                .element(tags::REFERENCED_SERIES_SEQUENCE)
+                .expect("series")
+                .items()
+                .expect("items")[0]
+                .element(tags::SERIES_INSTANCE_UID)
+                .expect("series UID")
+                .to_str()
+                .expect("text")
+                .trim_end_matches('\0')
+                .to_owned();
+            assert_eq!(vr::uid(&study), Ok(()));
+            assert_eq!(vr::uid(&referenced_series), Ok(()));
+            assert_ne!(study, referenced_series, "study and series got one UID");
+            filed.push((study, referenced_series));
+        }
+        assert_ne!(filed[0].0, filed[1].0, "two patients' reports in one study");
+        assert_ne!(filed[0].1, filed[1].1);
     }
 
     #[test]
