@@ -10,7 +10,8 @@
 //! does not hurt; C-STOREs that cannot be filed get failure statuses (C000H,
 //! A900H, 0122H) and leave nothing behind; a series the predictor cannot use
 //! gets error.json; an instance that arrives again makes its series run
-//! again; no identifier reaches the log; SIGTERM stops the node cleanly, and
+//! again; no identifier reaches the log, and a calling AE title with control
+//! characters reaches it escaped; SIGTERM stops the node cleanly, and
 //! a restart clears partial files and predicts a series left without result.
 
 mod common;
@@ -443,6 +444,33 @@ fn dicom_node_classifies_a_stored_series_and_sends_the_sr() {
         }
         other => panic!("expected an A-ASSOCIATE-RJ, got {:?}", other.map(|_| ())),
     }
+
+    // The calling AE title is whatever the peer sends, and the node logs it:
+    // a terminal escape and a line break in it must not reach the log raw
+    // nor forge a line of their own (security review L3).
+    let forged_ae = "X\u{1b}[31m\nFAKE LINE";
+    let odd = ClientAssociationOptions::new()
+        .calling_ae_title(forged_ae)
+        .called_ae_title(AE)
+        .with_abstract_syntax("1.2.840.10008.1.1")
+        .establish(("127.0.0.1", port))
+        .expect("an association from an odd calling AE title");
+    drop(odd);
+    wait_until(
+        Duration::from_secs(10),
+        "the odd association logged",
+        || node.log().contains("FAKE LINE"),
+    );
+    let log = node.log();
+    assert!(log.contains("calling_ae=X\\u{1b}[31m\\nFAKE LINE"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "a raw escape reached the log:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("FAKE LINE")),
+        "a forged line in the log:\n{log}"
+    );
 
     // Only MR storage (and Verification), only native little endian encodings.
     for (abstract_syntax, transfer_syntax, what) in [
