@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use fedslice::wire;
 
@@ -23,6 +24,15 @@ pub enum BlobError {
     Corrupt { digest: String, actual: String },
     #[error("`{0}` is not a blob digest (64 hex characters)")]
     BadDigest(String),
+}
+
+/// One blob file as [`BlobStore::list`] finds it.
+#[derive(Debug, Clone)]
+pub struct StoredBlob {
+    pub digest: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub modified: SystemTime,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +74,14 @@ impl BlobStore {
         let digest = wire::digest(bytes);
         let path = self.path(&digest)?;
         if path.is_file() {
+            // A blob is written before the row that refers to it, so the
+            // garbage collector spares young blobs (crate::retention); one
+            // taken into use again must look young too.
+            if let Err(cause) =
+                std::fs::File::open(&path).and_then(|f| f.set_modified(SystemTime::now()))
+            {
+                return Err(BlobError::Io { path, cause });
+            }
             return Ok(digest);
         }
         let io = |cause| BlobError::Io {
@@ -91,6 +109,49 @@ impl BlobStore {
         }
         result.map_err(io)?;
         Ok(digest)
+    }
+
+    /// Every complete blob, by digest (`tmp/` holds writes in progress),
+    /// with its size and when it was last written or taken into use.
+    pub fn list(&self) -> Result<Vec<StoredBlob>, BlobError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |cause| BlobError::Io { path, cause }
+        };
+        let mut found = Vec::new();
+        let shards = match std::fs::read_dir(&self.root) {
+            Ok(shards) => shards,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(io(&self.root)(e)),
+        };
+        for shard in shards {
+            let shard = shard.map_err(io(&self.root))?;
+            if shard.file_name() == "tmp" || !shard.file_type().map_err(io(&shard.path()))?.is_dir()
+            {
+                continue;
+            }
+            for entry in std::fs::read_dir(shard.path()).map_err(io(&shard.path()))? {
+                let entry = entry.map_err(io(&shard.path()))?;
+                let digest = entry.file_name().to_string_lossy().into_owned();
+                if !is_digest(&digest) {
+                    continue;
+                }
+                let meta = entry.metadata().map_err(io(&entry.path()))?;
+                found.push(StoredBlob {
+                    digest,
+                    path: entry.path(),
+                    bytes: meta.len(),
+                    modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+        found.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(found)
+    }
+
+    /// Where unfinished writes live; what a crash left there is garbage.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 
     /// Reads a blob and verifies that it still hashes to its name.

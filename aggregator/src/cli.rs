@@ -57,6 +57,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy the state (a database snapshot, blobs, PKI) into one archive, also while serving.
+    /// The archive holds the CA key: it is created 0600; keep it like the key.
+    Backup {
+        /// The archive to write; it must not exist.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Bring a backup back into --dir, which must be empty or absent. Every blob is checked
+    /// against its digest, and the database against the manifest, before anything lands there.
+    Restore {
+        /// The archive `aggregator backup` wrote.
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Free room: keep the newest model versions of each job, drop the update blobs of rounds
+    /// closed long enough ago (their reports stay), and remove blobs nothing needs.
+    Prune(PruneArgs),
     /// Write a finished finetune job's global classifier (weights + config).
     Export {
         #[arg(long)]
@@ -64,6 +81,20 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Model versions kept per job, newest first. A job's current model and an open
+    /// round's base model are always kept.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_models: u32,
+    /// Also drop the stored site updates of rounds closed at least this many days ago
+    /// (0: every closed round). Their reports stay for `status` and `export`.
+    #[arg(long, value_name = "DAYS")]
+    pub drop_updates_after: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -349,9 +380,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(args) => serve(&dir, &args),
         Command::Status(args) => {
-            let service = crate::operator::probe(&StatePaths::new(&dir))?;
-            crate::report::status(&open_state(&dir)?, &service, args.json)
+            let paths = StatePaths::new(&dir);
+            let service = crate::operator::probe(&paths)?;
+            let state = open_state(&dir)?;
+            let storage = crate::retention::storage(&paths)?;
+            crate::report::status(&state, &service, &storage, args.json)
         }
+        Command::Backup { out } => crate::backup::run_backup(&dir, &out),
+        Command::Restore { from } => crate::backup::run_restore(&from, &dir),
+        Command::Prune(args) => crate::retention::run_prune(&dir, &args),
         Command::Audit { limit, json } => crate::report::audit(&open_state(&dir)?, limit, json),
         Command::Export { job, out } => crate::export::export(&dir, &job, &out),
     }

@@ -7,6 +7,7 @@
 //! model tensors, sample counts and aggregate metrics only, and it never hands
 //! one site's update to another site.
 
+pub mod backup;
 pub mod blobs;
 pub mod cli;
 pub mod crash_points;
@@ -21,6 +22,8 @@ pub mod operator;
 pub mod pki;
 pub mod refusals;
 pub mod report;
+pub mod retention;
+pub mod schema;
 pub mod server;
 mod server_opt;
 pub mod state;

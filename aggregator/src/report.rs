@@ -2,6 +2,7 @@
 
 use crate::cli::{ago, expiry, utc, when};
 use crate::operator::ServiceState;
+use crate::retention::Storage;
 use crate::state::State;
 
 pub fn list_sites(state: &State, json: bool) -> anyhow::Result<()> {
@@ -58,7 +59,12 @@ pub fn list_jobs(state: &State, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Result<()> {
+pub fn status(
+    state: &State,
+    service: &ServiceState,
+    storage: &Storage,
+    json: bool,
+) -> anyhow::Result<()> {
     let jobs = state.jobs()?;
     let sites = state.sites()?;
     if json {
@@ -84,6 +90,7 @@ pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Resu
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "service": service,
+                "storage": storage,
                 "jobs": out,
                 "sites": sites,
                 "privacy_ledger": ledger,
@@ -106,6 +113,10 @@ pub fn status(state: &State, service: &ServiceState, json: bool) -> anyhow::Resu
                 .map_or(String::new(), |url| format!(", operator listener {url}"))
         ),
     }
+    println!(
+        "storage: {} (`aggregator prune` frees old models and updates)",
+        crate::retention::describe(storage)
+    );
     println!();
     if jobs.is_empty() {
         println!("no jobs (create one with `aggregator job create`)");

@@ -19,6 +19,12 @@ pub enum StateError {
     Spec(#[from] serde_json::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "the state database has schema version {found}, but this aggregator knows only up to \
+         {supported}: a newer aggregator wrote it; run that version or a later one (there is \
+         no downgrade)"
+    )]
+    NewerSchema { found: u32, supported: u32 },
 }
 
 pub fn now() -> i64 {
@@ -28,7 +34,9 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
-const SCHEMA: &str = "
+/// The tables as schema version 1 has them; later versions change them by
+/// steps (crate::schema), so this text stays as it is.
+pub(crate) const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sites (
     name TEXT PRIMARY KEY,
@@ -205,23 +213,14 @@ pub struct State {
 
 impl State {
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Before anything writes to it: a newer aggregator's database is left as it is.
+        crate::schema::refuse_newer(crate::schema::version(&conn)?)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(crate::ledger::SCHEMA)?;
-        // Coalesced refusals (security review M2) record how many attempts
-        // one row stands for; older databases gain the column here.
-        let has_count: bool = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('audit') WHERE name = 'count'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !has_count {
-            conn.execute_batch("ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1")?;
-        }
+        crate::schema::migrate(&mut conn)?;
         Ok(Self { conn })
     }
 

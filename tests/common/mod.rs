@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod two_rounds;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
