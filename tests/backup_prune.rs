@@ -201,10 +201,10 @@ fn pruning_a_finished_job_frees_blobs_and_keeps_its_final_model() {
         .expect("round 1 model")
         .to_string();
     // v0..v2 of each job and 2 x 2 + 2 x 3 updates (the finetune job's
-    // evaluation round included), less what they share (the finetune job's v0
-    // is made from the pretrain job's last model, not the same bytes).
+    // evaluation round included); the finetune job's v0 is made from the
+    // pretrain job's last model, not the same bytes.
     let blobs_before = before["blobs"].as_u64().expect("blob count");
-    assert!(blobs_before >= 14, "{before}");
+    assert_eq!(blobs_before, 16, "{before}");
     let text = consortium.aggregator(&["status"]);
     assert!(text.contains("storage: database"), "{text}");
 

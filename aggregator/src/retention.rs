@@ -280,7 +280,159 @@ pub fn human_bytes(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::human_bytes;
+    use super::*;
+
+    /// A state with two jobs: job-1 finished with models v0..v3; job-2
+    /// running with models v0..v2, whose open round 3 (made to start from v1,
+    /// to tell "open round's base" from "newest") has an update. Returns the
+    /// store and each model's and update's digest by name.
+    fn state_with_history(dir: &Path) -> (BlobStore, std::collections::HashMap<String, String>) {
+        let paths = StatePaths::new(dir);
+        let state = State::open(&paths.db()).unwrap();
+        let store = BlobStore::open(&paths.blobs()).unwrap();
+        let mut digest = std::collections::HashMap::new();
+        let put = |digest: &mut std::collections::HashMap<String, String>, name: &str| {
+            let d = store.put(name.as_bytes()).unwrap();
+            digest.insert(name.to_string(), d.clone());
+            d
+        };
+        let t = now();
+        let old = t - 10 * 86_400;
+        for (job, seq, versions, status) in
+            [("job-1", 1, 3, "finished"), ("job-2", 2, 2, "running")]
+        {
+            let current = put(&mut digest, &format!("{job} v{versions}"));
+            state
+                .conn
+                .execute(
+                    "INSERT INTO jobs (id, seq, spec, status, created_at, model_version, model_digest)
+                     VALUES (?1, ?2, '{}', ?3, ?4, ?5, ?6)",
+                    params![job, seq, status, old, versions, current],
+                )
+                .unwrap();
+            for v in 0..=versions {
+                let d = put(&mut digest, &format!("{job} v{v}"));
+                state
+                    .conn
+                    .execute(
+                        "INSERT INTO models (job, version, digest, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![job, v, d, old],
+                    )
+                    .unwrap();
+            }
+            for round in 1..=versions {
+                let base = digest[&format!("{job} v{}", round - 1)].clone();
+                let result = digest[&format!("{job} v{round}")].clone();
+                // job-1's rounds closed 10 days ago, job-2's an hour ago.
+                let closed_at = if job == "job-1" { old } else { t - 3600 };
+                state
+                    .conn
+                    .execute(
+                        "INSERT INTO rounds (job, round, status, base_digest, opened_at, deadline, closed_at, result_digest)
+                         VALUES (?1, ?2, 'closed', ?3, ?4, ?4, ?5, ?6)",
+                        params![job, round, base, old, closed_at, result],
+                    )
+                    .unwrap();
+                let u = put(&mut digest, &format!("{job} r{round} update"));
+                state
+                    .conn
+                    .execute(
+                        "INSERT INTO updates (job, round, site, digest, samples, bytes, metrics, received_at)
+                         VALUES (?1, ?2, 'site-00', ?3, 1, 1, '{}', ?4)",
+                        params![job, round, u, old],
+                    )
+                    .unwrap();
+            }
+        }
+        let base = digest["job-2 v1"].clone();
+        state
+            .conn
+            .execute(
+                "INSERT INTO rounds (job, round, status, base_digest, opened_at, deadline)
+                 VALUES ('job-2', 3, 'open', ?1, ?2, ?2)",
+                params![base, t],
+            )
+            .unwrap();
+        let u = put(&mut digest, "job-2 r3 update");
+        state
+            .conn
+            .execute(
+                "INSERT INTO updates (job, round, site, digest, samples, bytes, metrics, received_at)
+                 VALUES ('job-2', 3, 'site-00', ?1, 1, 1, '{}', ?2)",
+                params![u, t],
+            )
+            .unwrap();
+        // Written by a round that crashed before its row: nothing refers to it.
+        put(&mut digest, "orphan");
+        (store, digest)
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_the_current_and_what_open_rounds_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, digest) = state_with_history(dir.path());
+        let pruned = prune(
+            dir.path(),
+            &PruneOptions {
+                keep_models: 1,
+                drop_updates_after: Some(Duration::from_secs(86_400)),
+            },
+        )
+        .unwrap();
+        let kept = |name: &str| store.contains(&digest[name]);
+        // job-1: v3 only. job-2: v2 (newest, current) and v1 (the open round's base).
+        for name in ["job-1 v3", "job-2 v2", "job-2 v1"] {
+            assert!(kept(name), "{name} was removed");
+        }
+        for name in ["job-1 v0", "job-1 v1", "job-1 v2", "job-2 v0", "orphan"] {
+            assert!(!kept(name), "{name} was kept");
+        }
+        // Updates: job-1's rounds closed 10 days ago go; job-2's closed an
+        // hour ago stay, and so does its open round's.
+        for round in 1..=3 {
+            assert!(!kept(&format!("job-1 r{round} update")));
+        }
+        for round in 1..=3 {
+            assert!(kept(&format!("job-2 r{round} update")));
+        }
+        assert_eq!(pruned.models_dropped, 4);
+        assert_eq!(pruned.updates_dropped, 3);
+        assert_eq!(pruned.blobs_removed, 8);
+        assert_eq!(pruned.after.blobs, 6);
+        assert_eq!(pruned.blobs_spared, 0);
+        // The update rows stay, marked, for the reports they carry.
+        let state = State::open(&StatePaths::new(dir.path()).db()).unwrap();
+        let marked: i64 = state
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM updates WHERE pruned_at IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(marked, 3);
+        assert_eq!(
+            state
+                .conn
+                .query_row("SELECT COUNT(*) FROM updates", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            6
+        );
+    }
+
+    #[test]
+    fn keep_models_zero_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        state_with_history(dir.path());
+        let refused = prune(
+            dir.path(),
+            &PruneOptions {
+                keep_models: 0,
+                drop_updates_after: None,
+            },
+        );
+        assert!(refused.is_err());
+    }
 
     #[test]
     fn sizes_read_as_people_write_them() {
