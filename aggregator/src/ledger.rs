@@ -14,6 +14,8 @@ use rusqlite::params;
 
 use crate::state::{JobRow, State, StateError, now};
 
+/// Part of schema version 1 (crate::schema): a later change is a new step
+/// there, since databases already past version 1 never run this text again.
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS dp_releases (
     job TEXT NOT NULL,
