@@ -60,6 +60,13 @@ pub fn refuse_newer(found: u32) -> Result<(), StateError> {
 pub fn migrate(conn: &mut Connection) -> Result<u32, StateError> {
     let found = version(conn)?;
     refuse_newer(found)?;
+    // Version 0 with tables in it was written before versions were kept.
+    let legacy = found == 0
+        && conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? > 0;
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Read again under the write lock: another process may have migrated.
@@ -71,7 +78,7 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, StateError> {
         STEPS[at as usize](&tx)?;
         tx.pragma_update(None, "user_version", at + 1)?;
         tx.commit()?;
-        if found > 0 {
+        if found > 0 || legacy {
             tracing::info!(from = at, to = at + 1, "state database schema migrated");
         }
     }
