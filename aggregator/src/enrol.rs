@@ -19,7 +19,7 @@ pub fn create_pki(
     let ca = pki::create_ca("fedslice consortium CA", ca_days)?;
     let mut hosts = vec![host.to_string()];
     hosts.extend(extra_sans.iter().cloned());
-    let server = pki::issue_server(&ca, &hosts, ca_days.min(825))?;
+    let server = pki::issue_server(&ca, &hosts, ca_days.min(pki::SERVER_CERT_MAX_DAYS))?;
     write_private_file(&paths.ca_key(), ca.key_pem.as_bytes())
         .with_context(|| format!("writing {}", paths.ca_key().display()))?;
     write_public_file(&paths.ca_cert(), ca.cert_pem.as_bytes())

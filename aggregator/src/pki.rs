@@ -130,13 +130,20 @@ pub struct PeerIdentity {
 
 /// Creates the federation's root of trust. ECDSA P-256 keeps handshakes cheap and is
 /// supported by every rustls provider.
+/// Longest server certificate the aggregator issues: the CA/Browser Forum's
+/// 397 days, which TLS scanners (testssl's `cert_validityPeriod`) hold
+/// servers to; renewal is `aggregator init`'s job, not a long validity's.
+pub const SERVER_CERT_MAX_DAYS: u32 = 397;
+
 pub fn create_ca(common_name: &str, validity_days: u32) -> Result<Issued, PkiError> {
     if common_name.trim().is_empty() {
         return Err(PkiError::EmptyCommonName);
     }
     let key = new_key()?;
     let mut params = base_params(common_name, Validity::Days(validity_days))?;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // pathlen:0: the consortium CA signs only leaf certificates (server and
+    // sites), so a stolen leaf key can never act as an intermediate CA.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params.self_signed(&key)?;
     finish(&cert, &key)
@@ -413,6 +420,28 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ca_signs_only_leaves_and_the_server_certificate_is_short() {
+        use x509_parser::prelude::*;
+        let ca = create_ca("test CA", 3650).expect("CA");
+        let (_, pem) = parse_x509_pem(ca.cert_pem.as_bytes()).expect("CA PEM");
+        let cert = pem.parse_x509().expect("CA certificate");
+        let constraints = cert
+            .basic_constraints()
+            .expect("one extension")
+            .expect("basic constraints")
+            .value;
+        assert!(constraints.ca);
+        assert_eq!(constraints.path_len_constraint, Some(0));
+        let server = issue_server(&ca, &["localhost".to_string()], SERVER_CERT_MAX_DAYS)
+            .expect("server certificate");
+        let (_, pem) = parse_x509_pem(server.cert_pem.as_bytes()).expect("server PEM");
+        let cert = pem.parse_x509().expect("server certificate");
+        let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
+            / 86_400;
+        assert!(days <= 397, "server certificate valid for {days} days");
+    }
 
     #[test]
     fn site_names() {
