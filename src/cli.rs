@@ -14,6 +14,9 @@ pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log lines as `text` or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, default_value = "text")]
+    pub log_format: fedslice::process::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }

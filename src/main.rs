@@ -16,6 +16,6 @@ fn main() -> std::process::ExitCode {
         _ => {}
     }
     let cli = cli::Cli::parse();
-    fedslice::process::init_tracing(cli.verbose);
+    fedslice::process::init_tracing(cli.verbose, cli.log_format);
     fedslice::process::exit_code(commands::run(cli.command))
 }

@@ -135,6 +135,50 @@ fn bad_arguments_fail_with_a_clear_message() {
     }
 }
 
+/// `--log-format json`: every log line is one JSON object a log shipper can
+/// read, with the event's fields; an unknown format is refused by name.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = fedslice()
+        .args([
+            "--log-format",
+            "json",
+            "phantom",
+            "--sites",
+            "1",
+            "--exams-per-site",
+            "2",
+        ])
+        .args(["--image-size", "64", "--out"])
+        .arg(dir.path().join("cohort"))
+        .output()
+        .expect("run");
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))
+        .collect();
+    let written = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "site written")
+        .unwrap_or_else(|| panic!("no `site written` event in {stderr}"));
+    assert_eq!(written["level"], "INFO");
+    assert_eq!(written["fields"]["site"], "site-00");
+    assert!(written["timestamp"].is_string());
+
+    for program in [
+        &["--log-format", "yaml", "phantom", "--out", "unused"][..],
+        &["aggregator", "--log-format", "yaml", "status"],
+    ] {
+        let output = fedslice().args(program).output().expect("run");
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("unknown log format \"yaml\""), "{stderr}");
+    }
+}
+
 const BUNDLE_FILES: [&str; 6] = [
     "model.safetensors",
     "model.onnx",

@@ -1,5 +1,6 @@
 //! What every fedslice program does at start and at exit: log to stderr at
-//! the chosen verbosity (`RUST_LOG` overrides), colours only on a terminal,
+//! the chosen verbosity (`RUST_LOG` overrides) and format (text for people,
+//! one JSON object per line for log shippers), colours only on a terminal,
 //! and turn an error into one `error: …` line and a failing exit status.
 
 use std::io::IsTerminal;
@@ -7,7 +8,30 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::util::SubscriberInitExt;
 
-pub fn init_tracing(verbose: u8) {
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `time level message key=value`, escaped (see [`EscapedFields`]).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, spans), for
+    /// journald/Loki/Elastic pipelines; JSON string escaping covers control
+    /// characters.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format {other:?} (text or json)")),
+        }
+    }
+}
+
+pub fn init_tracing(verbose: u8, format: LogFormat) {
     // The JPEG 2000 decoder narrates every header it reads at info level:
     // thousands of lines per exam, none of them about this program.
     let default = match verbose {
@@ -18,7 +42,19 @@ pub fn init_tracing(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // A second call (a CLI embedded in another) keeps the first subscriber.
-    let _ = subscriber(filter, std::io::stderr, std::io::stderr().is_terminal()).try_init();
+    let _ = match format {
+        LogFormat::Text => {
+            subscriber(filter, std::io::stderr, std::io::stderr().is_terminal()).try_init()
+        }
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_current_span(true)
+            .finish()
+            .try_init(),
+    };
 }
 
 fn subscriber<W>(

@@ -15,6 +15,9 @@ pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log lines as `text` or `json` (one object per line, for log shippers).
+    #[arg(long, global = true, default_value = "text")]
+    pub log_format: fedslice::process::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -165,7 +168,7 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::pro
 }
 
 fn dispatch(cli: Cli) -> std::process::ExitCode {
-    fedslice::process::init_tracing(cli.verbose);
+    fedslice::process::init_tracing(cli.verbose, cli.log_format);
     fedslice::process::exit_code(run(cli.command))
 }
 
